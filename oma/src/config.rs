@@ -1,0 +1,335 @@
+//! Settings of `oma-api`: defaults in code, overridden by `OMA_*` environment variables and flags.
+//! A bad value is a start-up error that names the variable. Secrets are never printed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::reconcile::ReconcileConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The typed settings tree. Tests build it directly.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub vma_api_url: String,
+    pub listen: SocketAddr,
+    pub poll_interval: Duration,
+    pub poll_grace: Duration,
+    pub vma_timeout: Duration,
+    pub recovery_max_age: Duration,
+    pub not_found_complete_above: f64,
+    pub health_interval: Duration,
+    pub health_stale_after: Duration,
+    pub stall_after: Duration,
+    pub log_format: LogFormat,
+    pub instance_id: Option<String>,
+    /// Concurrent VMA checks during a recovery scan.
+    pub recovery_concurrency: usize,
+    /// Concurrent progress requests of the poller (not a cap on the number of jobs).
+    pub poll_concurrency: usize,
+    pub db_max_connections: u32,
+}
+
+impl Settings {
+    pub fn with_defaults(database_url: &str, vma_api_url: &str) -> Settings {
+        Settings {
+            database_url: database_url.to_string(),
+            vma_api_url: vma_api_url.to_string(),
+            listen: "127.0.0.1:8082".parse().expect("static address"),
+            poll_interval: Duration::from_secs(5),
+            poll_grace: Duration::from_secs(30),
+            vma_timeout: Duration::from_secs(10),
+            recovery_max_age: Duration::from_secs(30 * 60),
+            not_found_complete_above: 90.0,
+            health_interval: Duration::from_secs(120),
+            health_stale_after: Duration::from_secs(30),
+            stall_after: Duration::from_secs(30 * 60),
+            log_format: LogFormat::Text,
+            instance_id: None,
+            recovery_concurrency: 64,
+            poll_concurrency: 256,
+            db_max_connections: 16,
+        }
+    }
+
+    pub fn reconcile_config(&self) -> ReconcileConfig {
+        ReconcileConfig {
+            poll_grace: self.poll_grace,
+            recovery_max_age: self.recovery_max_age,
+            not_found_complete_above: self.not_found_complete_above,
+            stall_after: self.stall_after,
+        }
+    }
+
+    /// How long a poller's claim on a job lasts without renewal.
+    pub fn lease_ttl(&self) -> Duration {
+        (self.poll_interval * 3).max(Duration::from_secs(1)) + self.vma_timeout.min(Duration::from_secs(2))
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("vma_api_url", &self.vma_api_url)
+            .field("listen", &self.listen)
+            .field("poll_interval", &humantime::format_duration(self.poll_interval).to_string())
+            .field("poll_grace", &humantime::format_duration(self.poll_grace).to_string())
+            .field("vma_timeout", &humantime::format_duration(self.vma_timeout).to_string())
+            .field("recovery_max_age", &humantime::format_duration(self.recovery_max_age).to_string())
+            .field("not_found_complete_above", &self.not_found_complete_above)
+            .field("health_interval", &humantime::format_duration(self.health_interval).to_string())
+            .field("health_stale_after", &humantime::format_duration(self.health_stale_after).to_string())
+            .field("stall_after", &humantime::format_duration(self.stall_after).to_string())
+            .field("log_format", &self.log_format)
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+/// `mysql://user:secret@host/db` → `mysql://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}://{}:***{}", &url[..scheme_end], &userinfo[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Flags of `oma-api`, each also an environment variable. Values stay strings here and are
+/// parsed by [`ServeArgs::into_settings`] so every error names its variable.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// MariaDB URL, e.g. mysql://oma_user:pw@127.0.0.1:3306/migratekit_oma
+    #[arg(long, env = "OMA_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Base URL of the VMA API
+    #[arg(long, env = "VMA_API_URL", default_value = "http://localhost:9081")]
+    pub vma_api_url: String,
+    /// Address to listen on (port 0 picks a free port)
+    #[arg(long, env = "OMA_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: String,
+    #[arg(long, env = "OMA_POLL_INTERVAL", default_value = "5s")]
+    pub poll_interval: String,
+    #[arg(long, env = "OMA_POLL_GRACE", default_value = "30s")]
+    pub poll_grace: String,
+    #[arg(long, env = "OMA_VMA_TIMEOUT", default_value = "10s")]
+    pub vma_timeout: String,
+    #[arg(long, env = "OMA_RECOVERY_MAX_AGE", default_value = "30m")]
+    pub recovery_max_age: String,
+    /// Progress percent above which a job the VMA no longer knows is assumed completed
+    #[arg(long, env = "OMA_NOT_FOUND_COMPLETE_ABOVE", default_value = "90")]
+    pub not_found_complete_above: String,
+    #[arg(long, env = "OMA_HEALTH_INTERVAL", default_value = "2m")]
+    pub health_interval: String,
+    #[arg(long, env = "OMA_HEALTH_STALE_AFTER", default_value = "30s")]
+    pub health_stale_after: String,
+    #[arg(long, env = "OMA_STALL_AFTER", default_value = "30m")]
+    pub stall_after: String,
+    /// text or json
+    #[arg(long, env = "OMA_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Identity of this process in vma_polling_state (default: host name and listen port)
+    #[arg(long, env = "OMA_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    #[arg(long, env = "OMA_RECOVERY_CONCURRENCY", default_value = "64")]
+    pub recovery_concurrency: String,
+    #[arg(long, env = "OMA_POLL_CONCURRENCY", default_value = "256")]
+    pub poll_concurrency: String,
+    #[arg(long, env = "OMA_DB_MAX_CONNECTIONS", default_value = "16")]
+    pub db_max_connections: String,
+}
+
+/// A configuration error that names the variable and the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {variable} (--{flag}) = {value:?}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+fn duration(variable: &'static str, flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let err = |reason: String| ConfigError { variable, flag, value: value.to_string(), reason };
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| err(format!("{e} (use a duration such as 5s, 250ms, 30m)")))?;
+    if d.is_zero() {
+        return Err(err("must be greater than zero".into()));
+    }
+    Ok(d)
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    variable: &'static str,
+    flag: &'static str,
+    value: &str,
+) -> Result<T, ConfigError> {
+    let err = |reason: &str| ConfigError { variable, flag, value: value.to_string(), reason: reason.into() };
+    let n: T = value.trim().parse().map_err(|_| err("not a whole number"))?;
+    if n <= T::default() {
+        return Err(err("must be greater than zero"));
+    }
+    Ok(n)
+}
+
+/// Check a database URL without printing its password.
+pub fn parse_database_url(value: Option<&str>) -> Result<String, ConfigError> {
+    let err = |value: &str, reason: &str| ConfigError {
+        variable: "OMA_DATABASE_URL",
+        flag: "database-url",
+        value: redact_url(value),
+        reason: reason.into(),
+    };
+    let Some(url) = value.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Err(err("", "is required (e.g. mysql://oma_user:pw@127.0.0.1:3306/migratekit_oma)"));
+    };
+    if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+        return Err(err(url, "must start with mysql:// or mariadb://"));
+    }
+    Ok(url.replacen("mariadb://", "mysql://", 1))
+}
+
+impl ServeArgs {
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let database_url = parse_database_url(self.database_url.as_deref())?;
+        let vma = self.vma_api_url.trim().to_string();
+        if !(vma.starts_with("http://") || vma.starts_with("https://")) || vma.len() <= "http://".len() {
+            return Err(ConfigError {
+                variable: "VMA_API_URL",
+                flag: "vma-api-url",
+                value: vma,
+                reason: "must be an http:// or https:// URL".into(),
+            });
+        }
+        let listen: SocketAddr = self.listen.trim().parse().map_err(|e| ConfigError {
+            variable: "OMA_LISTEN",
+            flag: "listen",
+            value: self.listen.clone(),
+            reason: format!("{e} (use host:port, e.g. 127.0.0.1:8082)"),
+        })?;
+        let threshold: f64 = self
+            .not_found_complete_above
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| (0.0..=100.0).contains(v))
+            .ok_or_else(|| ConfigError {
+                variable: "OMA_NOT_FOUND_COMPLETE_ABOVE",
+                flag: "not-found-complete-above",
+                value: self.not_found_complete_above.clone(),
+                reason: "must be a percentage between 0 and 100".into(),
+            })?;
+        let log_format = match self.log_format.trim().to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => {
+                return Err(ConfigError {
+                    variable: "OMA_LOG_FORMAT",
+                    flag: "log-format",
+                    value: self.log_format,
+                    reason: "must be text or json".into(),
+                })
+            }
+        };
+        let instance_id = match self.instance_id.map(|s| s.trim().to_string()) {
+            Some(id) if id.is_empty() || id.len() > 128 => {
+                return Err(ConfigError {
+                    variable: "OMA_INSTANCE_ID",
+                    flag: "instance-id",
+                    value: id,
+                    reason: "must be 1 to 128 characters".into(),
+                })
+            }
+            other => other,
+        };
+        Ok(Settings {
+            database_url,
+            vma_api_url: vma,
+            listen,
+            poll_interval: duration("OMA_POLL_INTERVAL", "poll-interval", &self.poll_interval)?,
+            poll_grace: duration("OMA_POLL_GRACE", "poll-grace", &self.poll_grace)?,
+            vma_timeout: duration("OMA_VMA_TIMEOUT", "vma-timeout", &self.vma_timeout)?,
+            recovery_max_age: duration("OMA_RECOVERY_MAX_AGE", "recovery-max-age", &self.recovery_max_age)?,
+            not_found_complete_above: threshold,
+            health_interval: duration("OMA_HEALTH_INTERVAL", "health-interval", &self.health_interval)?,
+            health_stale_after: duration("OMA_HEALTH_STALE_AFTER", "health-stale-after", &self.health_stale_after)?,
+            stall_after: duration("OMA_STALL_AFTER", "stall-after", &self.stall_after)?,
+            log_format,
+            instance_id,
+            recovery_concurrency: positive("OMA_RECOVERY_CONCURRENCY", "recovery-concurrency", &self.recovery_concurrency)?,
+            poll_concurrency: positive("OMA_POLL_CONCURRENCY", "poll-concurrency", &self.poll_concurrency)?,
+            db_max_connections: positive("OMA_DB_MAX_CONNECTIONS", "db-max-connections", &self.db_max_connections)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, ConfigError> {
+        let mut argv = vec!["oma-api", "--database-url", "mysql://u:secret@127.0.0.1/db"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv).serve.into_settings()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.poll_interval, Duration::from_secs(5));
+        assert_eq!(s.recovery_max_age, Duration::from_secs(1800));
+        assert_eq!(s.health_interval, Duration::from_secs(120));
+        assert_eq!(s.not_found_complete_above, 90.0);
+        assert_eq!(s.vma_api_url, "http://localhost:9081");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = parse(&["--poll-interval", "5x"]).unwrap_err().to_string();
+        assert!(e.contains("OMA_POLL_INTERVAL") && e.contains("5x"), "{e}");
+        let e = parse(&["--poll-interval", "0s"]).unwrap_err().to_string();
+        assert!(e.contains("greater than zero"), "{e}");
+        let e = parse(&["--not-found-complete-above", "120"]).unwrap_err().to_string();
+        assert!(e.contains("OMA_NOT_FOUND_COMPLETE_ABOVE"), "{e}");
+        let e = parse(&["--listen", "nowhere"]).unwrap_err().to_string();
+        assert!(e.contains("OMA_LISTEN"), "{e}");
+        let e = parse(&["--log-format", "xml"]).unwrap_err().to_string();
+        assert!(e.contains("OMA_LOG_FORMAT"), "{e}");
+        let e = parse(&["--vma-api-url", "localhost:9081"]).unwrap_err().to_string();
+        assert!(e.contains("VMA_API_URL"), "{e}");
+    }
+
+    #[test]
+    fn database_url_errors_never_show_the_password() {
+        let e = parse_database_url(Some("postgres://u:hunter2@h/db")).unwrap_err().to_string();
+        assert!(e.contains("OMA_DATABASE_URL") && !e.contains("hunter2"), "{e}");
+        let e = parse_database_url(None).unwrap_err().to_string();
+        assert!(e.contains("required"), "{e}");
+        let s = parse(&[]).unwrap();
+        assert!(!format!("{s:?}").contains("secret"));
+        assert_eq!(redact_url("mysql://u:secret@h:3306/db"), "mysql://u:***@h:3306/db");
+        assert_eq!(redact_url("mysql://h/db"), "mysql://h/db");
+    }
+}

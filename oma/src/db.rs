@@ -1,0 +1,719 @@
+//! MariaDB access: pool, embedded migrations, and every statement the service runs. State
+//! changes are conditional (`… AND status IN (active)`); sqlx counts matched rows on MySQL.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
+
+use crate::domain::{active_status_sql_list, nbd_export_name, FailureClass, JobStatus, RecoveryMethod};
+use crate::reconcile::JobFacts;
+use crate::vma_client::VmaProgress;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Rows per multi-row statement.
+const BATCH_ROWS: usize = 500;
+
+pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
+    let options: MySqlConnectOptions = url.parse()?;
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // Read committed: finalization reads sibling jobs without gap locks.
+                conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+}
+
+/// Apply the embedded migrations. Idempotent; sqlx serializes concurrent runners with a lock.
+pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+pub async fn db_now(pool: &MySqlPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT NOW(3)").fetch_one(pool).await
+}
+
+/// A replication job row as the API returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: String,
+    pub vm_context_id: Option<String>,
+    pub source_vm_id: String,
+    pub source_vm_name: String,
+    pub source_vm_path: String,
+    pub vcenter_host: String,
+    pub datacenter: String,
+    pub replication_type: String,
+    pub status: String,
+    pub progress_percent: f64,
+    pub current_operation: Option<String>,
+    pub bytes_transferred: i64,
+    pub total_bytes: i64,
+    pub transfer_speed_bps: i64,
+    pub error_message: Option<String>,
+    pub nbd_export_name: Option<String>,
+    pub vma_sync_type: Option<String>,
+    pub vma_current_phase: Option<String>,
+    pub vma_throughput_mbps: f64,
+    pub vma_eta_seconds: Option<i32>,
+    pub vma_last_poll_at: Option<DateTime<Utc>>,
+    pub vma_error_classification: Option<String>,
+    pub vma_error_details: Option<String>,
+    pub setup_progress_percent: f64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub recovery_attempted: bool,
+    pub recovery_attempted_at: Option<DateTime<Utc>>,
+    pub recovery_method: Option<String>,
+    pub vma_validated_at: Option<DateTime<Utc>>,
+    pub polling_restarted_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "id, vm_context_id, source_vm_id, source_vm_name, source_vm_path, vcenter_host, \
+    datacenter, replication_type, status, progress_percent, current_operation, bytes_transferred, total_bytes, \
+    transfer_speed_bps, error_message, nbd_export_name, vma_sync_type, vma_current_phase, vma_throughput_mbps, \
+    vma_eta_seconds, vma_last_poll_at, vma_error_classification, vma_error_details, setup_progress_percent, \
+    created_at, updated_at, started_at, completed_at, recovery_attempted, recovery_attempted_at, recovery_method, \
+    vma_validated_at, polling_restarted_at";
+
+pub async fn get_job(pool: &MySqlPool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM replication_jobs WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn recent_jobs_for_context(pool: &MySqlPool, context_id: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM replication_jobs WHERE vm_context_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
+    ))
+    .bind(context_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// An unfinished job with its polling state, as recovery and the health monitor see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnfinishedJob {
+    pub id: String,
+    pub vm_context_id: Option<String>,
+    pub source_vm_name: String,
+    pub status: JobStatus,
+    pub progress_percent: f64,
+    pub bytes_transferred: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub vma_last_poll_at: Option<DateTime<Utc>>,
+    pub progress_changed_at: Option<DateTime<Utc>>,
+    pub started_polling_at: Option<DateTime<Utc>>,
+    pub poll_owner: Option<String>,
+    /// The owner's claim is active and its lease has not expired.
+    pub poll_lease_live: bool,
+    pub export_names: Vec<String>,
+}
+
+impl UnfinishedJob {
+    pub fn facts(&self) -> JobFacts {
+        JobFacts {
+            status: self.status,
+            progress_percent: self.progress_percent,
+            bytes_transferred: self.bytes_transferred,
+            updated_at: self.updated_at,
+            vma_last_poll_at: self.vma_last_poll_at,
+            progress_changed_at: self.progress_changed_at,
+            polling_started_at: self.started_polling_at,
+        }
+    }
+
+    /// Owned by a live poller of another process.
+    pub fn owned_elsewhere(&self, me: &str) -> bool {
+        self.poll_lease_live && self.poll_owner.as_deref() != Some(me)
+    }
+}
+
+/// Every unfinished job (no age filter), optionally one, with export names, in two queries.
+pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result<Vec<UnfinishedJob>, sqlx::Error> {
+    let sql = format!(
+        "SELECT j.id, j.vm_context_id, j.source_vm_name, j.status, j.progress_percent, j.bytes_transferred, \
+         j.created_at, j.updated_at, j.vma_last_poll_at, j.progress_changed_at, p.started_polling_at, \
+         p.owner_instance, CAST(COALESCE(p.is_active = 1 AND p.lease_expires_at > NOW(3), 0) AS SIGNED) AS lease_live \
+         FROM replication_jobs j LEFT JOIN vma_polling_state p ON p.job_id = j.id \
+         WHERE j.status IN ({}) {} ORDER BY j.updated_at ASC, j.id ASC",
+        active_status_sql_list(),
+        if only_job.is_some() { "AND j.id = ?" } else { "" }
+    );
+    let mut query = sqlx::query(&sql);
+    if let Some(id) = only_job {
+        query = query.bind(id);
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let Some(status) = JobStatus::parse(&status) else {
+            continue;
+        };
+        jobs.push(UnfinishedJob {
+            id: row.try_get("id")?,
+            vm_context_id: row.try_get("vm_context_id")?,
+            source_vm_name: row.try_get("source_vm_name")?,
+            status,
+            progress_percent: row.try_get("progress_percent")?,
+            bytes_transferred: row.try_get("bytes_transferred")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            vma_last_poll_at: row.try_get("vma_last_poll_at")?,
+            progress_changed_at: row.try_get("progress_changed_at")?,
+            started_polling_at: row.try_get("started_polling_at")?,
+            poll_owner: row.try_get("owner_instance")?,
+            poll_lease_live: row.try_get::<i64, _>("lease_live")? == 1,
+            export_names: Vec::new(),
+        });
+    }
+    let names = export_names_for(pool, jobs.iter().map(|j| j.id.as_str())).await?;
+    for job in &mut jobs {
+        if let Some(n) = names.get(&job.id) {
+            job.export_names = n.clone();
+        }
+    }
+    Ok(jobs)
+}
+
+/// NBD export names per job, ordered by disk unit number, without duplicates.
+pub async fn export_names_for<'a>(
+    pool: &MySqlPool,
+    job_ids: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, Vec<String>>, sqlx::Error> {
+    let ids: Vec<&str> = job_ids.collect();
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for chunk in ids.chunks(BATCH_ROWS) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "SELECT vd.job_id, ov.volume_id FROM vm_disks vd JOIN ossea_volumes ov ON vd.ossea_volume_id = ov.id WHERE vd.job_id IN (",
+        );
+        let mut sep = qb.separated(", ");
+        for id in chunk {
+            sep.push_bind(*id);
+        }
+        qb.push(") ORDER BY vd.job_id, vd.unit_number ASC, vd.id ASC");
+        for row in qb.build().fetch_all(pool).await? {
+            let job_id: String = row.try_get(0)?;
+            let volume_id: String = row.try_get(1)?;
+            let names = out.entry(job_id).or_default();
+            let name = nbd_export_name(&volume_id);
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Who asked for a recovery decision, for the recovery metadata columns.
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveryMark {
+    pub method: RecoveryMethod,
+    pub vma_validated: bool,
+    pub polling_restarted: bool,
+}
+
+/// Write one kept job's observation: progress if any, plus recovery metadata if any. Touches
+/// `updated_at` only when progress is written, so "last contact" keeps meaning contact.
+pub async fn record_keep(
+    pool: &MySqlPool,
+    job_id: &str,
+    progress: Option<&VmaProgress>,
+    progress_changed: bool,
+    mark: Option<RecoveryMark>,
+) -> Result<bool, sqlx::Error> {
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs SET ");
+    let mut sets = qb.separated(", ");
+    if let Some(p) = progress {
+        push_progress_sets(&mut sets, p, progress_changed);
+    }
+    if let Some(m) = mark {
+        sets.push("recovery_attempted = 1, recovery_attempted_at = NOW(3), recovery_method = ");
+        sets.push_bind_unseparated(m.method.as_str());
+        if m.vma_validated {
+            sets.push("vma_validated_at = NOW(3)");
+        }
+        if m.polling_restarted {
+            sets.push("polling_restarted_at = NOW(3)");
+        }
+    }
+    if progress.is_none() && mark.is_none() {
+        return Ok(true);
+    }
+    qb.push(" WHERE id = ");
+    qb.push_bind(job_id);
+    qb.push(format!(" AND status IN ({})", active_status_sql_list()));
+    Ok(qb.build().execute(pool).await?.rows_affected() == 1)
+}
+
+fn push_progress_sets(sets: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, p: &VmaProgress, changed: bool) {
+    let transfer = p.phase.eq_ignore_ascii_case("transfer");
+    sets.push("status = 'replicating'");
+    sets.push("progress_percent = IF(");
+    sets.push_bind_unseparated(transfer);
+    sets.push_unseparated(", GREATEST(progress_percent, ");
+    sets.push_bind_unseparated(p.percentage.clamp(0.0, 100.0));
+    sets.push_unseparated("), progress_percent)");
+    sets.push("current_operation = ");
+    sets.push_bind_unseparated(p.current_operation.clone());
+    sets.push("bytes_transferred = ");
+    sets.push_bind_unseparated(p.bytes_transferred.max(0));
+    sets.push("total_bytes = ");
+    sets.push_bind_unseparated(p.total_bytes.max(0));
+    sets.push("transfer_speed_bps = ");
+    sets.push_bind_unseparated(p.transfer_speed_bps().max(0));
+    sets.push("vma_sync_type = ");
+    sets.push_bind_unseparated(p.sync_type.clone());
+    sets.push("vma_current_phase = ");
+    sets.push_bind_unseparated(p.phase.clone());
+    sets.push("vma_throughput_mbps = ");
+    sets.push_bind_unseparated(p.throughput.current_mbps.max(0.0));
+    sets.push("vma_eta_seconds = ");
+    sets.push_bind_unseparated(p.timing.eta_seconds.clamp(0, i32::MAX as i64) as i32);
+    sets.push("vma_last_poll_at = NOW(3), updated_at = NOW(3)");
+    sets.push(if changed {
+        "progress_changed_at = NOW(3)"
+    } else {
+        "progress_changed_at = COALESCE(progress_changed_at, NOW(3))"
+    });
+    sets.push(replication_type_set(&p.sync_type));
+}
+
+fn replication_type_set(sync_type: &str) -> &'static str {
+    match sync_type {
+        "incremental" => "replication_type = 'incremental'",
+        "" => "replication_type = replication_type",
+        _ => "replication_type = 'initial'",
+    }
+}
+
+/// One successful poll, for the batched writer.
+#[derive(Debug, Clone)]
+pub struct ProgressWrite {
+    pub job_id: String,
+    pub progress: VmaProgress,
+    pub progress_changed: bool,
+}
+
+/// Write many polls in multi-row statements; rows of jobs that are no longer active are skipped.
+pub async fn write_progress_batch(pool: &MySqlPool, writes: &[ProgressWrite]) -> Result<u64, sqlx::Error> {
+    let mut matched = 0;
+    for chunk in writes.chunks(BATCH_ROWS) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs j JOIN (");
+        for (i, w) in chunk.iter().enumerate() {
+            let p = &w.progress;
+            qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+            qb.push_bind(w.job_id.clone()).push(" AS id, ");
+            qb.push_bind(p.phase.eq_ignore_ascii_case("transfer")).push(" AS transfer, ");
+            qb.push_bind(p.percentage.clamp(0.0, 100.0)).push(" AS pct, ");
+            qb.push_bind(p.current_operation.clone()).push(" AS op, ");
+            qb.push_bind(p.bytes_transferred.max(0)).push(" AS bytes, ");
+            qb.push_bind(p.total_bytes.max(0)).push(" AS total, ");
+            qb.push_bind(p.transfer_speed_bps().max(0)).push(" AS bps, ");
+            qb.push_bind(p.sync_type.clone()).push(" AS sync_type, ");
+            qb.push_bind(p.phase.clone()).push(" AS phase, ");
+            qb.push_bind(p.throughput.current_mbps.max(0.0)).push(" AS mbps, ");
+            qb.push_bind(p.timing.eta_seconds.clamp(0, i32::MAX as i64)).push(" AS eta, ");
+            qb.push_bind(w.progress_changed).push(" AS changed");
+        }
+        qb.push(format!(
+            ") v ON j.id = v.id SET j.status = 'replicating', \
+             j.progress_percent = IF(v.transfer, GREATEST(j.progress_percent, v.pct), j.progress_percent), \
+             j.current_operation = v.op, j.bytes_transferred = v.bytes, j.total_bytes = v.total, \
+             j.transfer_speed_bps = v.bps, j.vma_sync_type = v.sync_type, j.vma_current_phase = v.phase, \
+             j.vma_throughput_mbps = v.mbps, j.vma_eta_seconds = v.eta, j.vma_last_poll_at = NOW(3), \
+             j.updated_at = NOW(3), \
+             j.progress_changed_at = IF(v.changed OR j.progress_changed_at IS NULL, NOW(3), j.progress_changed_at), \
+             j.replication_type = CASE v.sync_type WHEN 'incremental' THEN 'incremental' \
+                 WHEN '' THEN j.replication_type ELSE 'initial' END \
+             WHERE j.status IN ({})",
+            active_status_sql_list()
+        ));
+        matched += qb.build().execute(pool).await?.rows_affected();
+    }
+    Ok(matched)
+}
+
+/// One poll's outcome for `vma_polling_state` statistics.
+#[derive(Debug, Clone)]
+pub struct PollStat {
+    pub job_id: String,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+pub async fn write_poll_stats_batch(pool: &MySqlPool, owner: &str, stats: &[PollStat]) -> Result<(), sqlx::Error> {
+    for chunk in stats.chunks(BATCH_ROWS) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state p JOIN (");
+        for (i, s) in chunk.iter().enumerate() {
+            qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+            qb.push_bind(s.job_id.clone()).push(" AS id, ");
+            qb.push_bind(s.ok).push(" AS ok, ");
+            qb.push_bind(s.error.clone()).push(" AS err");
+        }
+        qb.push(
+            ") v ON p.job_id = v.id SET p.last_poll_at = NOW(3), p.polls_total = p.polls_total + 1, \
+             p.polls_failed = p.polls_failed + IF(v.ok, 0, 1), \
+             p.consecutive_errors = IF(v.ok, 0, p.consecutive_errors + 1), \
+             p.last_success_at = IF(v.ok, NOW(3), p.last_success_at), \
+             p.last_error_message = IF(v.ok, p.last_error_message, v.err) \
+             WHERE p.owner_instance = ",
+        );
+        qb.push_bind(owner.to_string());
+        qb.build().execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Claim polling of a job for `owner`: succeeds when the job is unclaimed, released, its lease
+/// expired, or already ours. `started_polling_at` is kept from the first claim.
+pub async fn claim_polling(pool: &MySqlPool, job_id: &str, owner: &str, lease: Duration) -> Result<bool, sqlx::Error> {
+    let lease_us = lease.as_micros() as i64;
+    sqlx::query(
+        "INSERT INTO vma_polling_state (job_id, owner_instance, lease_expires_at, started_polling_at, is_active) \
+         VALUES (?, ?, NOW(3) + INTERVAL ? MICROSECOND, NOW(3), 1) ON DUPLICATE KEY UPDATE job_id = job_id",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(lease_us)
+    .execute(pool)
+    .await?;
+    let result = sqlx::query(
+        "UPDATE vma_polling_state SET owner_instance = ?, is_active = 1, \
+         lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
+         WHERE job_id = ? AND (owner_instance = ? OR is_active = 0 OR lease_expires_at < NOW(3))",
+    )
+    .bind(owner)
+    .bind(lease_us)
+    .bind(job_id)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Give up polling one job (released rows are free for any poller to claim).
+pub async fn release_polling(pool: &MySqlPool, job_id: &str, owner: Option<&str>) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE vma_polling_state SET is_active = 0, lease_expires_at = NOW(3) \
+         WHERE job_id = ? AND (? IS NULL OR owner_instance = ?)",
+    )
+    .bind(job_id)
+    .bind(owner)
+    .bind(owner)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Extend every lease of `owner` in one statement.
+pub async fn renew_leases(pool: &MySqlPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE vma_polling_state SET lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
+         WHERE owner_instance = ? AND is_active = 1",
+    )
+    .bind(lease.as_micros() as i64)
+    .bind(owner)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Unfinished jobs `owner` holds an active claim on.
+pub async fn owned_active_jobs(pool: &MySqlPool, owner: &str) -> Result<HashSet<String>, sqlx::Error> {
+    let rows: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT p.job_id FROM vma_polling_state p JOIN replication_jobs j ON j.id = p.job_id \
+         WHERE p.owner_instance = ? AND p.is_active = 1 AND j.status IN ({})",
+        active_status_sql_list()
+    ))
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PollingStateRow {
+    pub job_id: String,
+    pub owner_instance: String,
+    pub lease_expires_at: DateTime<Utc>,
+    pub started_polling_at: DateTime<Utc>,
+    pub last_poll_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub consecutive_errors: i32,
+    pub last_error_message: Option<String>,
+    pub polls_total: i64,
+    pub polls_failed: i64,
+    pub is_active: bool,
+}
+
+pub async fn polling_state(pool: &MySqlPool, job_id: &str) -> Result<Option<PollingStateRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT job_id, owner_instance, lease_expires_at, started_polling_at, last_poll_at, last_success_at, \
+         consecutive_errors, last_error_message, polls_total, polls_failed, is_active \
+         FROM vma_polling_state WHERE job_id = ?",
+    )
+    .bind(job_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// How a job ends.
+#[derive(Debug, Clone)]
+pub struct Finalization {
+    pub status: JobStatus,
+    /// Final numbers from the VMA, if it gave any.
+    pub progress: Option<VmaProgress>,
+    pub error_message: Option<String>,
+    pub class: Option<FailureClass>,
+    pub details: Option<String>,
+    pub recovery: Option<RecoveryMark>,
+}
+
+impl Finalization {
+    pub fn completed(progress: Option<VmaProgress>, recovery: Option<RecoveryMark>) -> Finalization {
+        Finalization { status: JobStatus::Completed, progress, error_message: None, class: None, details: None, recovery }
+    }
+
+    pub fn failed(
+        status: JobStatus,
+        class: FailureClass,
+        message: String,
+        details: Option<String>,
+        recovery: Option<RecoveryMark>,
+    ) -> Finalization {
+        Finalization { status, progress: None, error_message: Some(message), class: Some(class), details, recovery }
+    }
+}
+
+/// What finalization did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finalized {
+    Done { context_id: Option<String> },
+    /// The job was no longer unfinished: another writer finalized it first.
+    AlreadyFinal,
+}
+
+/// Finalize a job exactly once, in one transaction with the recomputation of its VM context, so
+/// the VM accepts a new replication at once. Retries on deadlock.
+pub async fn finalize_job(pool: &MySqlPool, job_id: &str, fin: &Finalization) -> Result<Finalized, sqlx::Error> {
+    debug_assert!(fin.status.is_terminal());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_finalize(pool, job_id, fin).await {
+            Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_retryable(code: Option<&str>) -> bool {
+    // 40001: deadlock (1213); HY000 lock wait timeout (1205) reports as well.
+    matches!(code, Some("40001") | Some("1213") | Some("1205"))
+}
+
+async fn try_finalize(pool: &MySqlPool, job_id: &str, fin: &Finalization) -> Result<Finalized, sqlx::Error> {
+    let context_id: Option<Option<String>> =
+        sqlx::query_scalar("SELECT vm_context_id FROM replication_jobs WHERE id = ?")
+            .bind(job_id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(context_id) = context_id else {
+        return Ok(Finalized::AlreadyFinal);
+    };
+    let mut tx = pool.begin().await?;
+    if let Some(ctx) = &context_id {
+        // Lock the context first: sibling finalizations serialize here instead of deadlocking.
+        sqlx::query("SELECT context_id FROM vm_replication_contexts WHERE context_id = ? FOR UPDATE")
+            .bind(ctx)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs SET ");
+    let mut sets = qb.separated(", ");
+    sets.push("status = ");
+    sets.push_bind_unseparated(fin.status.as_str());
+    sets.push("completed_at = NOW(3), updated_at = NOW(3)");
+    if fin.status == JobStatus::Completed {
+        sets.push("progress_percent = 100, current_operation = 'Completed'");
+        if let Some(p) = &fin.progress {
+            sets.push("bytes_transferred = GREATEST(bytes_transferred, ");
+            sets.push_bind_unseparated(p.bytes_transferred.max(0));
+            sets.push_unseparated(")");
+            sets.push("total_bytes = GREATEST(total_bytes, ");
+            sets.push_bind_unseparated(p.total_bytes.max(0));
+            sets.push_unseparated(")");
+            if !p.phase.is_empty() {
+                sets.push("vma_current_phase = ");
+                sets.push_bind_unseparated(p.phase.clone());
+            }
+            if !p.sync_type.is_empty() {
+                sets.push("vma_sync_type = ");
+                sets.push_bind_unseparated(p.sync_type.clone());
+            }
+            sets.push("vma_last_poll_at = NOW(3), vma_eta_seconds = 0");
+        }
+    } else {
+        sets.push("current_operation = 'Failed'");
+        sets.push("error_message = ");
+        sets.push_bind_unseparated(fin.error_message.clone());
+        sets.push("vma_error_classification = ");
+        sets.push_bind_unseparated(fin.class.map(|c| c.as_str()));
+        sets.push("vma_error_details = ");
+        sets.push_bind_unseparated(fin.details.clone());
+    }
+    if let Some(m) = fin.recovery {
+        sets.push("recovery_attempted = 1, recovery_attempted_at = NOW(3), recovery_method = ");
+        sets.push_bind_unseparated(m.method.as_str());
+        if m.vma_validated {
+            sets.push("vma_validated_at = NOW(3)");
+        }
+    }
+    qb.push(" WHERE id = ");
+    qb.push_bind(job_id);
+    qb.push(format!(" AND status IN ({})", active_status_sql_list()));
+    if qb.build().execute(&mut *tx).await?.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(Finalized::AlreadyFinal);
+    }
+    sqlx::query("UPDATE vma_polling_state SET is_active = 0, lease_expires_at = NOW(3) WHERE job_id = ?")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(ctx) = &context_id {
+        recompute_context(&mut tx, ctx, job_id, fin).await?;
+    }
+    tx.commit().await?;
+    Ok(Finalized::Done { context_id })
+}
+
+/// Recompute a VM context from its jobs (never incremented blindly). Rule for `current_status`:
+/// an unfinished job → `replicating`; a failover/cleanup state is kept; otherwise
+/// `ready_for_failover` when the job just succeeded or any job of the VM ever succeeded, else `failed`.
+async fn recompute_context(
+    tx: &mut Transaction<'_, MySql>,
+    context_id: &str,
+    job_id: &str,
+    fin: &Finalization,
+) -> Result<(), sqlx::Error> {
+    let active = active_status_sql_list();
+    let summary = operation_summary(job_id, fin);
+    let sql = format!(
+        "UPDATE vm_replication_contexts c SET \
+         c.current_status = CASE \
+            WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active})) THEN 'replicating' \
+            WHEN c.current_status IN ('failed_over_test','failed_over_live','cleanup_required','completed') THEN c.current_status \
+            WHEN ? = 'completed' THEN 'ready_for_failover' \
+            WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed') THEN 'ready_for_failover' \
+            ELSE 'failed' END, \
+         c.current_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
+         c.total_jobs_run = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id), \
+         c.successful_jobs = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
+         c.failed_jobs = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ('failed','replication_failed')), \
+         c.last_successful_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
+         c.last_replication_at = (SELECT MAX(j.completed_at) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
+         c.last_operation_summary = ?, \
+         c.last_status_change = NOW(3), c.updated_at = NOW(3) \
+         WHERE c.context_id = ?"
+    );
+    sqlx::query(&sql)
+        .bind(fin.status.as_str())
+        .bind(summary)
+        .bind(context_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The `last_operation_summary` JSON of a finished replication (manifest v2.31), sanitized.
+fn operation_summary(job_id: &str, fin: &Finalization) -> String {
+    let mut summary = serde_json::json!({
+        "job_id": job_id,
+        "operation_type": "replication",
+        "status": if fin.status == JobStatus::Completed { "completed" } else { "failed" },
+        "progress": if fin.status == JobStatus::Completed { 100.0 } else { 0.0 },
+        "timestamp": Utc::now().to_rfc3339(),
+    });
+    if let Some(message) = &fin.error_message {
+        let clean = crate::sanitize::sanitize_replication_error(message, fin.class);
+        summary["error_message"] = clean.user_message.into();
+        summary["error_category"] = clean.category.into();
+        summary["error_severity"] = clean.severity.into();
+        summary["actionable_steps"] = clean.actionable_steps.into();
+    }
+    summary.to_string()
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ContextRow {
+    pub context_id: String,
+    pub vm_name: String,
+    pub vmware_vm_id: String,
+    pub vm_path: String,
+    pub vcenter_host: String,
+    pub datacenter: String,
+    pub current_status: String,
+    pub current_job_id: Option<String>,
+    pub total_jobs_run: i32,
+    pub successful_jobs: i32,
+    pub failed_jobs: i32,
+    pub last_successful_job_id: Option<String>,
+    pub last_replication_at: Option<DateTime<Utc>>,
+    pub last_operation_summary: Option<String>,
+}
+
+const CONTEXT_COLUMNS: &str = "context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
+    CAST(current_status AS CHAR) AS current_status, current_job_id, total_jobs_run, successful_jobs, failed_jobs, \
+    last_successful_job_id, last_replication_at, last_operation_summary";
+
+pub async fn get_context(pool: &MySqlPool, context_id: &str) -> Result<Option<ContextRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {CONTEXT_COLUMNS} FROM vm_replication_contexts WHERE context_id = ?"))
+        .bind(context_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Counts for status endpoints and the CLI, in one query.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobCounts {
+    pub unfinished: i64,
+    pub polled_by_live_owner: i64,
+    pub never_polled: i64,
+}
+
+pub async fn job_counts(pool: &MySqlPool) -> Result<JobCounts, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*) AS unfinished, \
+         CAST(COALESCE(SUM(p.is_active = 1 AND p.lease_expires_at > NOW(3)), 0) AS SIGNED) AS live, \
+         CAST(COALESCE(SUM(j.vma_last_poll_at IS NULL), 0) AS SIGNED) AS never \
+         FROM replication_jobs j LEFT JOIN vma_polling_state p ON p.job_id = j.id WHERE j.status IN ({})",
+        active_status_sql_list()
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok(JobCounts {
+        unfinished: row.try_get("unfinished")?,
+        polled_by_live_owner: row.try_get("live")?,
+        never_polled: row.try_get("never")?,
+    })
+}

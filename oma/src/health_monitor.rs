@@ -1,0 +1,129 @@
+//! Health monitor (SPEC §4.5): every interval, finds unfinished jobs no live poller owns (also
+//! never-polled ones) or whose last poll is stale, reconciles them and re-attaches polling.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::RwLock;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::apply::{reconcile_job, Caller, Outcome};
+use crate::db;
+use crate::poller::Poller;
+use crate::reconcile::minutes_since;
+use crate::shared::Shared;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HealthTick {
+    pub checked: usize,
+    pub orphaned: usize,
+    pub reattached: usize,
+    pub finalized: usize,
+    pub slow_but_polled: usize,
+    pub checked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Clone)]
+pub struct HealthMonitor {
+    shared: Arc<Shared>,
+    poller: Poller,
+    pub last: Arc<RwLock<HealthTick>>,
+}
+
+impl HealthMonitor {
+    pub fn new(shared: Arc<Shared>, poller: Poller) -> HealthMonitor {
+        HealthMonitor { shared, poller, last: Arc::new(RwLock::new(HealthTick::default())) }
+    }
+
+    /// One check.
+    pub async fn tick(&self) -> Result<HealthTick, sqlx::Error> {
+        let shared = &self.shared;
+        if let Err(e) = shared.clock.sync_with_database(&shared.pool).await {
+            warn!("Health monitor could not read the database clock: {e}");
+        }
+        let now = shared.clock.now();
+        let stale_after = chrono::Duration::from_std(shared.settings.health_stale_after).unwrap_or_default();
+        let jobs = db::load_unfinished(&shared.pool, None).await?;
+        let mut tick = HealthTick { checked: jobs.len(), checked_at: Some(now), ..HealthTick::default() };
+        let mut orphans = Vec::new();
+        for job in jobs {
+            let stale = job.vma_last_poll_at.is_none_or(|t| now - t > stale_after);
+            if self.poller.is_polling(&job.id) {
+                if stale {
+                    tick.slow_but_polled += 1;
+                    info!("✅ Health monitor: Job {} is being polled (polling may be slow)", job.id);
+                }
+                continue;
+            }
+            if job.owned_elsewhere(&shared.instance_id) {
+                continue;
+            }
+            warn!(
+                job_id = %job.id,
+                age_minutes = format!("{:.1}", minutes_since(now, job.updated_at)),
+                never_polled = job.vma_last_poll_at.is_none(),
+                "Found job not being polled - restarting"
+            );
+            info!("🚨 Health monitor: Job {} NOT being polled (orphaned) - investigating", job.id);
+            orphans.push(job);
+        }
+        tick.orphaned = orphans.len();
+        shared.metrics.drift.set(orphans.len() as i64);
+        let poller = &self.poller;
+        let outcomes: Vec<Outcome> = futures::stream::iter(orphans)
+            .map(|job| async move { reconcile_job(shared, Some(poller), &job, Caller::HealthMonitor, false).await.outcome })
+            .buffer_unordered(shared.settings.recovery_concurrency.max(1))
+            .collect()
+            .await;
+        for outcome in &outcomes {
+            match outcome {
+                Outcome::PollingRestarted | Outcome::NotFoundWithinGrace | Outcome::UnreachableLeftForRetry => {
+                    tick.reattached += 1;
+                    shared.metrics.orphans_reattached.inc();
+                }
+                Outcome::Completed
+                | Outcome::CompletedAssumed
+                | Outcome::FailedOnVma
+                | Outcome::Lost
+                | Outcome::UnreachableTimedOut
+                | Outcome::Stalled => tick.finalized += 1,
+                _ => {}
+            }
+        }
+        if tick.orphaned == 0 {
+            info!("✅ Health monitor: No stale jobs detected - all polling active");
+        } else {
+            info!(
+                "🏥 Health monitor: {} orphaned jobs, {} re-attached to polling, {} finalized",
+                tick.orphaned, tick.reattached, tick.finalized
+            );
+        }
+        *self.last.write().await = tick.clone();
+        Ok(tick)
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let every = self.shared.settings.health_interval;
+        info!("🏥 Starting VMA polling health monitor for continuous job monitoring");
+        info!(
+            "✅ Health monitor started - will check for orphaned jobs every {}",
+            humantime::format_duration(every)
+        );
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.tick().await {
+                        warn!("❌ Health monitor: Failed to query stale jobs: {e}");
+                    }
+                }
+            }
+        }
+        info!("🏥 Health monitor stopped");
+    }
+}

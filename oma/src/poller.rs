@@ -1,0 +1,423 @@
+//! The VMA progress poller (SPEC §4.3): every tracked job is polled every interval, at most one
+//! request in flight per job, no cap on the number of jobs, missed ticks are not burst. Ownership
+//! lives in `vma_polling_state` (owner + lease) so a second OMA never polls the same job.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::apply::{finalize, Caller};
+use crate::db::{self, PollStat, ProgressWrite, UnfinishedJob};
+use crate::reconcile::{decide, Decision, JobFacts, KeepReason};
+use crate::shared::Shared;
+use crate::vma_client::{LookupKey, Observation};
+
+/// Flush batched writes at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+struct Tracked {
+    facts: JobFacts,
+    export_names: Vec<String>,
+    preferred: Option<LookupKey>,
+    in_flight: bool,
+    next_due: Instant,
+    consecutive_errors: u32,
+    generation: u64,
+    last_poll_at: Option<DateTime<Utc>>,
+    last_success_at: Option<DateTime<Utc>>,
+    polls: u64,
+    polls_failed: u64,
+    last_result: &'static str,
+    last_error: Option<String>,
+}
+
+enum WriteMsg {
+    Progress(ProgressWrite),
+    Stat(PollStat),
+    /// Flush what is buffered and stop (shutdown).
+    Close,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    jobs: Mutex<HashMap<String, Tracked>>,
+    wake: Notify,
+    generation: AtomicU64,
+    writes: mpsc::UnboundedSender<WriteMsg>,
+    writes_rx: Mutex<Option<mpsc::UnboundedReceiver<WriteMsg>>>,
+    requests: Semaphore,
+    tasks: TaskTracker,
+    polls_total: AtomicU64,
+    polls_ok: AtomicU64,
+}
+
+/// Cheap to clone; all clones share one set of tracked jobs.
+#[derive(Clone)]
+pub struct Poller {
+    inner: Arc<Inner>,
+}
+
+/// What one dispatch round did (for tests driving `tick()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickOutcome {
+    Polled(usize),
+    Idle,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolledJobStatus {
+    pub job_id: String,
+    pub started_polling_at: Option<DateTime<Utc>>,
+    pub last_poll_at: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub consecutive_errors: u32,
+    pub polls_total: u64,
+    pub polls_failed: u64,
+    pub in_flight: bool,
+    pub last_result: &'static str,
+    pub last_error: Option<String>,
+    pub lookup_key: Option<String>,
+    pub job_age_seconds: Option<i64>,
+}
+
+impl Poller {
+    pub fn new(shared: Arc<Shared>) -> Poller {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let permits = shared.settings.poll_concurrency;
+        Poller {
+            inner: Arc::new(Inner {
+                shared,
+                jobs: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                generation: AtomicU64::new(1),
+                writes: tx,
+                writes_rx: Mutex::new(Some(rx)),
+                requests: Semaphore::new(permits),
+                tasks: TaskTracker::new(),
+                polls_total: AtomicU64::new(0),
+                polls_ok: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Start tracking a job this process has claimed. Idempotent; polled at the next dispatch.
+    pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>) {
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let mut jobs = self.inner.jobs.lock().expect("poller lock");
+        let entry = jobs.entry(job.id.clone()).or_insert_with(|| Tracked {
+            facts: job.facts(),
+            export_names: job.export_names.clone(),
+            preferred: None,
+            in_flight: false,
+            next_due: Instant::now() + self.inner.shared.settings.poll_interval,
+            consecutive_errors: 0,
+            generation,
+            last_poll_at: None,
+            last_success_at: None,
+            polls: 0,
+            polls_failed: 0,
+            last_result: "none",
+            last_error: None,
+        });
+        if preferred.is_some() {
+            entry.preferred = preferred;
+        }
+        entry.generation = generation;
+        self.inner.shared.metrics.pollers_active.set(jobs.len() as i64);
+        drop(jobs);
+        self.inner.wake.notify_one();
+    }
+
+    /// Stop tracking a job in memory. Returns whether it was tracked.
+    pub fn untrack(&self, job_id: &str) -> bool {
+        let mut jobs = self.inner.jobs.lock().expect("poller lock");
+        let removed = jobs.remove(job_id).is_some();
+        self.inner.shared.metrics.pollers_active.set(jobs.len() as i64);
+        removed
+    }
+
+    pub fn is_polling(&self, job_id: &str) -> bool {
+        self.inner.jobs.lock().expect("poller lock").contains_key(job_id)
+    }
+
+    pub fn active_job_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.inner.jobs.lock().expect("poller lock").keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn job_status(&self, job_id: &str) -> Option<PolledJobStatus> {
+        let now = self.inner.shared.clock.now();
+        let jobs = self.inner.jobs.lock().expect("poller lock");
+        jobs.get(job_id).map(|t| status_of(job_id, t, now))
+    }
+
+    pub fn status(&self) -> Vec<PolledJobStatus> {
+        let now = self.inner.shared.clock.now();
+        let jobs = self.inner.jobs.lock().expect("poller lock");
+        let mut out: Vec<PolledJobStatus> = jobs.iter().map(|(id, t)| status_of(id, t, now)).collect();
+        out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        out
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        (self.inner.polls_total.load(Ordering::Relaxed), self.inner.polls_ok.load(Ordering::Relaxed))
+    }
+
+    /// Start a poll for every due job that has no request in flight.
+    pub fn tick(&self) -> TickOutcome {
+        let now = Instant::now();
+        let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
+            let mut jobs = self.inner.jobs.lock().expect("poller lock");
+            jobs.iter_mut()
+                .filter(|(_, t)| !t.in_flight && t.next_due <= now)
+                .map(|(id, t)| {
+                    t.in_flight = true;
+                    (id.clone(), t.facts.clone(), t.export_names.clone(), t.preferred.clone())
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return TickOutcome::Idle;
+        }
+        let n = due.len();
+        for (job_id, facts, names, preferred) in due {
+            let poller = self.clone();
+            self.inner.tasks.spawn(async move {
+                poller.poll_one(job_id, facts, names, preferred).await;
+            });
+        }
+        TickOutcome::Polled(n)
+    }
+
+    async fn poll_one(&self, job_id: String, facts: JobFacts, names: Vec<String>, preferred: Option<LookupKey>) {
+        let shared = &self.inner.shared;
+        let observation;
+        let via;
+        {
+            let _permit = self.inner.requests.acquire().await.expect("semaphore never closed");
+            let lookup = shared.vma.lookup(&job_id, &names, preferred.as_ref()).await;
+            observation = lookup.observation;
+            via = lookup.via;
+        }
+        let now = shared.clock.now();
+        let decision = decide(&facts, &observation, now, &shared.reconcile);
+        self.inner.polls_total.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.poll(match &observation {
+            Observation::Running(_) => "running",
+            Observation::Completed(_) => "completed",
+            Observation::Failed { .. } => "failed",
+            Observation::NotFound { .. } => "not_found",
+            Observation::Unavailable { .. } => "unavailable",
+        });
+        match &decision {
+            Decision::Keep { reason: KeepReason::Running, progress: Some(progress), progress_changed } => {
+                self.inner.polls_ok.fetch_add(1, Ordering::Relaxed);
+                debug!(job_id = %job_id, percent = progress.percentage, "VMA poll: running");
+                let still_tracked = self.update_tracked(&job_id, |t| {
+                    t.facts.progress_percent = t.facts.progress_percent.max(progress.percentage);
+                    t.facts.bytes_transferred = progress.bytes_transferred;
+                    t.facts.vma_last_poll_at = Some(now);
+                    t.facts.updated_at = now;
+                    if *progress_changed || t.facts.progress_changed_at.is_none() {
+                        t.facts.progress_changed_at = Some(now);
+                    }
+                    if via.is_some() {
+                        t.preferred = via.clone();
+                    }
+                    t.consecutive_errors = 0;
+                    t.last_success_at = Some(now);
+                    t.last_result = "running";
+                });
+                if still_tracked {
+                    let _ = self.inner.writes.send(WriteMsg::Progress(ProgressWrite {
+                        job_id: job_id.clone(),
+                        progress: progress.clone(),
+                        progress_changed: *progress_changed,
+                    }));
+                    let _ = self.inner.writes.send(WriteMsg::Stat(PollStat { job_id: job_id.clone(), ok: true, error: None }));
+                }
+                self.finish(&job_id, true);
+            }
+            Decision::Keep { .. } => {
+                let error = match &observation {
+                    Observation::Unavailable { kind, detail } => format!("{}: {}", kind.as_str(), detail),
+                    Observation::NotFound { .. } => "job not found on VMA (within grace)".to_string(),
+                    _ => "no progress".to_string(),
+                };
+                debug!(job_id = %job_id, error = %error, "VMA poll: no answer");
+                let result = observation.status_word();
+                self.update_tracked(&job_id, |t| {
+                    t.consecutive_errors += 1;
+                    t.polls_failed += 1;
+                    t.last_result = result;
+                    t.last_error = Some(error.clone());
+                });
+                let _ = self.inner.writes.send(WriteMsg::Stat(PollStat { job_id: job_id.clone(), ok: false, error: Some(error) }));
+                self.finish(&job_id, false);
+            }
+            final_decision => {
+                finalize(shared, Some(self), &job_id, facts.progress_percent, &observation, final_decision, Caller::Poller)
+                    .await;
+            }
+        }
+    }
+
+    /// Apply `f` to a tracked job; false when the job is no longer tracked.
+    fn update_tracked(&self, job_id: &str, f: impl FnOnce(&mut Tracked)) -> bool {
+        let mut jobs = self.inner.jobs.lock().expect("poller lock");
+        match jobs.get_mut(job_id) {
+            Some(t) => {
+                f(t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// End a poll: clear in-flight and schedule the next one (backing off after failures).
+    fn finish(&self, job_id: &str, ok: bool) {
+        let interval = self.inner.shared.settings.poll_interval;
+        let now_wall = self.inner.shared.clock.now();
+        self.update_tracked(job_id, |t| {
+            t.in_flight = false;
+            t.polls += 1;
+            t.last_poll_at = Some(now_wall);
+            let factor = if ok { 1 } else { 1u32 << t.consecutive_errors.min(3) }.min(6);
+            t.next_due = Instant::now() + interval * factor;
+        });
+    }
+
+    /// Renew our leases and drop jobs we no longer own (finished, released, or taken over).
+    pub async fn maintain(&self) -> Result<(), sqlx::Error> {
+        let shared = &self.inner.shared;
+        let generation_before = self.inner.generation.load(Ordering::Relaxed);
+        db::renew_leases(&shared.pool, &shared.instance_id, shared.settings.lease_ttl()).await?;
+        let owned = db::owned_active_jobs(&shared.pool, &shared.instance_id).await?;
+        let mut jobs = self.inner.jobs.lock().expect("poller lock");
+        let lost: Vec<String> = jobs
+            .iter()
+            .filter(|(id, t)| t.generation < generation_before && !owned.contains(*id) && !t.in_flight)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            jobs.remove(&id);
+            info!("Stopped polling job {id}: it is finished or no longer owned by this instance");
+        }
+        shared.metrics.pollers_active.set(jobs.len() as i64);
+        Ok(())
+    }
+
+    /// Poll until cancelled, then let in-flight polls finish and flush their writes.
+    pub async fn run(self, cancel: CancellationToken) {
+        let interval = self.inner.shared.settings.poll_interval;
+        let rx = self.inner.writes_rx.lock().expect("poller lock").take();
+        let writer = rx.map(|rx| tokio::spawn(write_loop(self.inner.shared.clone(), rx)));
+        info!("🚀 VMA progress poller started successfully (interval {})", humantime::format_duration(interval));
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.maintain().await {
+                        warn!("⚠️ VMA poller could not renew its leases: {e}");
+                    }
+                    self.tick();
+                }
+                _ = self.inner.wake.notified() => {
+                    // A newly tracked job: poll it once right away, then on its interval.
+                    let now = Instant::now();
+                    for t in self.inner.jobs.lock().expect("poller lock").values_mut() {
+                        if t.polls == 0 && !t.in_flight {
+                            t.next_due = t.next_due.min(now);
+                        }
+                    }
+                    self.tick();
+                }
+            }
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(self.inner.shared.settings.vma_timeout + Duration::from_secs(1), self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("VMA poller stopped with polls still in flight");
+        }
+        let _ = self.inner.writes.send(WriteMsg::Close);
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        info!("VMA progress poller stopped");
+    }
+}
+
+fn status_of(job_id: &str, t: &Tracked, now: DateTime<Utc>) -> PolledJobStatus {
+    PolledJobStatus {
+        job_id: job_id.to_string(),
+        started_polling_at: t.facts.polling_started_at,
+        last_poll_at: t.last_poll_at,
+        last_success_at: t.last_success_at,
+        consecutive_errors: t.consecutive_errors,
+        polls_total: t.polls,
+        polls_failed: t.polls_failed,
+        in_flight: t.in_flight,
+        last_result: t.last_result,
+        last_error: t.last_error.clone(),
+        lookup_key: t.preferred.as_ref().map(|k| match k {
+            LookupKey::ExportName(n) => n.clone(),
+            LookupKey::JobId => job_id.to_string(),
+        }),
+        job_age_seconds: t.facts.polling_started_at.map(|s| (now - s).num_seconds()),
+    }
+}
+
+/// Batch successful polls into multi-row statements.
+async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteMsg>) {
+    let mut progress: Vec<ProgressWrite> = Vec::new();
+    let mut stats: Vec<PollStat> = Vec::new();
+    let mut buffer = Vec::with_capacity(1024);
+    loop {
+        let mut open = tokio::select! {
+            n = rx.recv_many(&mut buffer, 1024) => n > 0,
+            _ = tokio::time::sleep(FLUSH_EVERY), if !progress.is_empty() || !stats.is_empty() => true,
+        };
+        for msg in buffer.drain(..) {
+            match msg {
+                WriteMsg::Close => open = false,
+                WriteMsg::Progress(p) => {
+                    // Keep only the newest write per job in one batch.
+                    progress.retain(|w| w.job_id != p.job_id);
+                    progress.push(p);
+                }
+                WriteMsg::Stat(s) => stats.push(s),
+            }
+        }
+        if !open || progress.len() + stats.len() >= 500 || rx.is_empty() {
+            if !progress.is_empty() {
+                if let Err(e) = db::write_progress_batch(&shared.pool, &progress).await {
+                    warn!("⚠️ Failed to write VMA progress for {} jobs: {e}", progress.len());
+                }
+                progress.clear();
+            }
+            if !stats.is_empty() {
+                if let Err(e) = db::write_poll_stats_batch(&shared.pool, &shared.instance_id, &stats).await {
+                    warn!("⚠️ Failed to write polling state for {} jobs: {e}", stats.len());
+                }
+                stats.clear();
+            }
+        }
+        if !open {
+            break;
+        }
+    }
+}

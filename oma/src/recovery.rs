@@ -1,0 +1,328 @@
+//! Startup recovery (SPEC §4.4) and manual recovery scans: reconcile every unfinished job once,
+//! with no age filter, concurrently (bounded), under a MariaDB named lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use sqlx::MySqlPool;
+use tokio::sync::RwLock;
+use tracing::{info, warn};
+
+use crate::apply::{reconcile_job, Caller, JobReport, Outcome};
+use crate::db;
+use crate::poller::Poller;
+use crate::shared::Shared;
+
+/// Name of the MariaDB lock that serializes recovery scans across OMA processes.
+pub const RECOVERY_LOCK: &str = "oma_job_recovery";
+
+/// Counts of every outcome of one scan.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct RecoverySummary {
+    pub total_processed: usize,
+    pub still_running: usize,
+    pub polling_restarted: usize,
+    pub completed: usize,
+    pub completed_assumed: usize,
+    pub failed_on_vma: usize,
+    pub lost: usize,
+    pub unreachable_left_for_retry: usize,
+    pub unreachable_timed_out: usize,
+    pub not_found_within_grace: usize,
+    pub stalled: usize,
+    pub already_final: usize,
+    pub owned_elsewhere: usize,
+    pub planned: usize,
+    pub errors: usize,
+}
+
+impl RecoverySummary {
+    pub fn count(&mut self, outcome: Outcome) {
+        self.total_processed += 1;
+        match outcome {
+            Outcome::PollingRestarted => {
+                self.still_running += 1;
+                self.polling_restarted += 1;
+            }
+            Outcome::StillRunning => self.still_running += 1,
+            Outcome::NotFoundWithinGrace => self.not_found_within_grace += 1,
+            Outcome::UnreachableLeftForRetry => self.unreachable_left_for_retry += 1,
+            Outcome::Completed => self.completed += 1,
+            Outcome::CompletedAssumed => self.completed_assumed += 1,
+            Outcome::FailedOnVma => self.failed_on_vma += 1,
+            Outcome::Lost => self.lost += 1,
+            Outcome::UnreachableTimedOut => self.unreachable_timed_out += 1,
+            Outcome::Stalled => self.stalled += 1,
+            Outcome::AlreadyFinal => self.already_final += 1,
+            Outcome::OwnedElsewhere => self.owned_elsewhere += 1,
+            Outcome::Planned => self.planned += 1,
+            Outcome::Error => self.errors += 1,
+        }
+    }
+
+    pub fn add(&mut self, other: &RecoverySummary) {
+        self.total_processed += other.total_processed;
+        self.still_running += other.still_running;
+        self.polling_restarted += other.polling_restarted;
+        self.completed += other.completed;
+        self.completed_assumed += other.completed_assumed;
+        self.failed_on_vma += other.failed_on_vma;
+        self.lost += other.lost;
+        self.unreachable_left_for_retry += other.unreachable_left_for_retry;
+        self.unreachable_timed_out += other.unreachable_timed_out;
+        self.not_found_within_grace += other.not_found_within_grace;
+        self.stalled += other.stalled;
+        self.already_final += other.already_final;
+        self.owned_elsewhere += other.owned_elsewhere;
+        self.planned += other.planned;
+        self.errors += other.errors;
+    }
+
+    /// The guide's multi-line summary, extended with every outcome.
+    pub fn log_text(&self) -> String {
+        format!(
+            "✅ Job recovery completed:\n\tTotal processed: {}\n\tStill running (polling restarted): {}\n\t\
+             Completed: {}\n\tFailed: {}\n\tVMA unreachable: {}\n\t\
+             Not found (assumed completed): {}\n\tNot found (marked lost): {}\n\tNot found (within grace): {}\n\t\
+             VMA unreachable (timed out, failed): {}\n\tStalled: {}\n\tOwned by another OMA: {}\n\t\
+             Already finalized: {}\n\tErrors: {}",
+            self.total_processed,
+            self.still_running,
+            self.completed + self.completed_assumed,
+            self.failed_on_vma + self.lost + self.unreachable_timed_out + self.stalled,
+            self.unreachable_left_for_retry + self.unreachable_timed_out,
+            self.completed_assumed,
+            self.lost,
+            self.not_found_within_grace,
+            self.unreachable_timed_out,
+            self.stalled,
+            self.owned_elsewhere,
+            self.already_final,
+            self.errors,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanReport {
+    pub dry_run: bool,
+    pub summary: RecoverySummary,
+    pub jobs: Vec<JobReport>,
+    /// Unfinished jobs left alone because a live poller (here or elsewhere) is tracking them.
+    pub skipped_being_polled: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryRun {
+    pub trigger: &'static str,
+    pub dry_run: bool,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<u128>,
+    pub summary: Option<RecoverySummary>,
+    pub error: Option<String>,
+}
+
+/// Shared record of recovery runs, for `/health` and `/api/v1/job-recovery/status`.
+#[derive(Debug, Serialize)]
+pub struct RecoveryStatus {
+    pub state: RecoveryState,
+    pub last_run: Option<RecoveryRun>,
+    pub runs: u64,
+    pub totals: RecoverySummary,
+}
+
+pub type RecoveryTracker = Arc<RwLock<RecoveryStatus>>;
+
+pub fn new_tracker() -> RecoveryTracker {
+    Arc::new(RwLock::new(RecoveryStatus {
+        state: RecoveryState::Pending,
+        last_run: None,
+        runs: 0,
+        totals: RecoverySummary::default(),
+    }))
+}
+
+/// Reconcile every unfinished job not being polled by a live poller. With a poller, running
+/// jobs are claimed and tracked; without (CLI), they are recorded for the OMA to pick up.
+pub async fn scan(shared: &Shared, poller: Option<&Poller>, caller: Caller, dry_run: bool) -> Result<ScanReport, sqlx::Error> {
+    let jobs = db::load_unfinished(&shared.pool, None).await?;
+    let (todo, skipped): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| {
+        !(j.owned_elsewhere(&shared.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id)))
+    });
+    let skipped_being_polled: Vec<String> = skipped.into_iter().map(|j| j.id).collect();
+    if todo.is_empty() {
+        info!("✅ No active jobs found - system is clean");
+    } else {
+        info!("🔍 Found {} active jobs requiring recovery validation", todo.len());
+    }
+    if !skipped_being_polled.is_empty() {
+        info!("{} unfinished jobs are being polled by a live poller - left to it", skipped_being_polled.len());
+    }
+    let reports: Vec<JobReport> = futures::stream::iter(todo)
+        .map(|job| async move { reconcile_job(shared, poller, &job, caller, dry_run).await })
+        .buffer_unordered(shared.settings.recovery_concurrency.max(1))
+        .collect()
+        .await;
+    let mut summary = RecoverySummary::default();
+    for r in &reports {
+        summary.count(r.outcome);
+    }
+    Ok(ScanReport { dry_run, summary, jobs: reports, skipped_being_polled })
+}
+
+/// Hold the named lock on one connection for the duration of `f`.
+pub async fn with_recovery_lock<T>(
+    pool: &MySqlPool,
+    wait: Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(RECOVERY_LOCK)
+        .bind(wait.as_secs_f64())
+        .fetch_one(&mut *conn)
+        .await?;
+    if got != Some(1) {
+        return Ok(None);
+    }
+    let out = f.await;
+    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
+        .bind(RECOVERY_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Some(out))
+}
+
+/// Run one recovery scan under the lock and record it in the tracker.
+pub async fn run_recovery(
+    shared: &Shared,
+    poller: &Poller,
+    tracker: &RecoveryTracker,
+    trigger: &'static str,
+    dry_run: bool,
+    lock_wait: Duration,
+) -> Result<Option<ScanReport>, sqlx::Error> {
+    let started = std::time::Instant::now();
+    {
+        let mut t = tracker.write().await;
+        if t.state == RecoveryState::Running {
+            return Ok(None);
+        }
+        t.state = RecoveryState::Running;
+        t.last_run = Some(RecoveryRun {
+            trigger,
+            dry_run,
+            started_at: Utc::now(),
+            finished_at: None,
+            duration_ms: None,
+            summary: None,
+            error: None,
+        });
+    }
+    let caller = if trigger == "startup" { Caller::StartupRecovery } else { Caller::Manual };
+    let result = with_recovery_lock(&shared.pool, lock_wait, scan(shared, Some(poller), caller, dry_run)).await;
+    let mut t = tracker.write().await;
+    let run = t.last_run.as_mut().expect("set above");
+    run.finished_at = Some(Utc::now());
+    run.duration_ms = Some(started.elapsed().as_millis());
+    let outcome = match result {
+        Ok(Some(Ok(report))) => {
+            run.summary = Some(report.summary.clone());
+            if !dry_run {
+                t.totals.add(&report.summary);
+            }
+            t.state = RecoveryState::Completed;
+            Ok(Some(report))
+        }
+        Ok(None) => {
+            run.error = Some("another recovery scan holds the recovery lock".into());
+            t.state = RecoveryState::Completed;
+            Ok(None)
+        }
+        Ok(Some(Err(e))) | Err(e) => {
+            run.error = Some(e.to_string());
+            t.state = RecoveryState::Failed;
+            Err(e)
+        }
+    };
+    t.runs += 1;
+    outcome
+}
+
+/// The startup recovery task: logs the guide's messages and the summary.
+pub async fn startup_recovery(shared: Arc<Shared>, poller: Poller, tracker: RecoveryTracker) {
+    info!("🔍 Initializing intelligent job recovery system with VMA validation");
+    info!("🚀 Running intelligent job recovery scan with VMA validation...");
+    info!("🔍 Starting intelligent job recovery with VMA validation on OMA startup");
+    // Another OMA starting at the same moment recovers first; we then skip what it polls.
+    let lock_wait = Duration::from_secs(120);
+    match run_recovery(&shared, &poller, &tracker, "startup", false, lock_wait).await {
+        Ok(Some(report)) => {
+            info!("{}", report.summary.log_text());
+            let by_outcome: BTreeMap<&str, usize> = report.jobs.iter().fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r.outcome.as_str()).or_default() += 1;
+                m
+            });
+            info!(outcomes = ?by_outcome, "Job recovery summary by outcome");
+            info!("✅ Job recovery completed successfully");
+        }
+        Ok(None) => warn!("⚠️ Job recovery skipped: another recovery scan held the lock for {lock_wait:?}"),
+        Err(e) => warn!("⚠️ Job recovery failed during startup - continuing with normal operation: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_every_outcome_once() {
+        let outcomes = [
+            Outcome::PollingRestarted,
+            Outcome::StillRunning,
+            Outcome::NotFoundWithinGrace,
+            Outcome::UnreachableLeftForRetry,
+            Outcome::Completed,
+            Outcome::CompletedAssumed,
+            Outcome::FailedOnVma,
+            Outcome::Lost,
+            Outcome::UnreachableTimedOut,
+            Outcome::Stalled,
+            Outcome::AlreadyFinal,
+            Outcome::OwnedElsewhere,
+            Outcome::Planned,
+            Outcome::Error,
+        ];
+        let mut s = RecoverySummary::default();
+        for o in outcomes {
+            s.count(o);
+        }
+        let v = serde_json::to_value(&s).unwrap();
+        let per_field: u64 = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "total_processed" && *k != "polling_restarted")
+            .map(|(_, v)| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(s.total_processed, outcomes.len());
+        assert_eq!(per_field as usize, outcomes.len(), "{v}");
+        let text = s.log_text();
+        assert!(text.starts_with("✅ Job recovery completed:"));
+        assert!(text.contains("Still running (polling restarted): 2"));
+    }
+}
