@@ -1,1 +1,16 @@
-pub fn x(){}
+//! sim-vma: a faithful, scriptable fake of the VMA agent (SPEC §3, §5).
+//!
+//! The VMA API speaks the real wire format ([`model`]); a control API ([`control`]) sets per-job
+//! modes and transitions ([`spec`]), global faults and restarts; a bounded [`journal`] keeps
+//! per-job stats; [`scenario`] files script it all. Every random choice comes from one seed.
+
+pub mod client;
+pub mod control;
+pub mod journal;
+pub mod model;
+pub mod scenario;
+pub mod server;
+pub mod spec;
+
+pub use client::ControlClient;
+pub use server::{SimConfig, SimState, SimVma};

@@ -1,0 +1,553 @@
+//! The VMA's progress model and its exact wire JSON (reference §1.3), and the pure per-job
+//! behaviour: what a job answers to a poll given its mode, and how modes change.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// How a job answers `GET /api/v1/progress/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Mode {
+    /// 200 with progress moving along a ramp; completes on its own at 100 %.
+    Running(Ramp),
+    Completed,
+    Failed { message: String },
+    /// 404 `text/plain` `job not found\n`, like the real VMA.
+    NotFound,
+    /// 200 `text/plain` `job not found\n` (the seeds' claimed VMA bug).
+    Http200NotFound,
+    /// 200 with frozen progress: the copy process died, the VMA does not know.
+    Stale,
+    /// Answers like `running` after a delay.
+    Slow { delay_ms: u64, ramp: Ramp },
+    /// An HTTP error status with a text body.
+    Error { status: u16 },
+    Malformed { kind: MalformedKind },
+}
+
+impl Mode {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Running(_) => "running",
+            Mode::Completed => "completed",
+            Mode::Failed { .. } => "failed",
+            Mode::NotFound => "not_found",
+            Mode::Http200NotFound => "http200_not_found",
+            Mode::Stale => "stale",
+            Mode::Slow { .. } => "slow",
+            Mode::Error { .. } => "error",
+            Mode::Malformed { .. } => "malformed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MalformedKind {
+    /// Not JSON at all.
+    NotJson,
+    /// JSON cut off in the middle.
+    Truncated,
+    /// Right keys, wrong JSON types (`percentage` as a string…).
+    WrongTypes,
+    /// A body of several megabytes.
+    Oversized,
+}
+
+impl MalformedKind {
+    pub fn parse(s: &str) -> Option<MalformedKind> {
+        match s {
+            "not_json" => Some(MalformedKind::NotJson),
+            "truncated" => Some(MalformedKind::Truncated),
+            "wrong_types" => Some(MalformedKind::WrongTypes),
+            "oversized" => Some(MalformedKind::Oversized),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ramp {
+    /// Percent to jump to when the mode starts (None: keep the current percent).
+    pub start_percent: Option<f64>,
+    pub rate: Rate,
+    /// Phases, one more per poll until the last, which stays.
+    pub phases: Vec<String>,
+    pub total_bytes: i64,
+    pub throughput_mbps: f64,
+    pub sync_type: String,
+}
+
+impl Default for Ramp {
+    fn default() -> Self {
+        Ramp {
+            start_percent: None,
+            rate: Rate::None,
+            phases: vec!["Transfer".to_string()],
+            total_bytes: 10 * 1024 * 1024 * 1024,
+            throughput_mbps: 100.0,
+            sync_type: "full".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rate {
+    None,
+    PerPoll(f64),
+    PerSecond(f64),
+}
+
+/// When a transition fires: after N polls in the current mode, or after a time in it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    AfterPolls(u64),
+    AfterMillis(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    pub trigger: Trigger,
+    pub to: Mode,
+}
+
+/// One job as the VMA's progress store holds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub job_id: String,
+    pub export_names: Vec<String>,
+    pub mode: Mode,
+    pub transitions: Vec<Transition>,
+    pub status: String,
+    pub phase: String,
+    pub percent: f64,
+    pub bytes_transferred: i64,
+    pub total_bytes: i64,
+    pub throughput_bps: f64,
+    pub sync_type: String,
+    pub started_at: DateTime<Utc>,
+    pub mode_started_at: DateTime<Utc>,
+    pub mode_start_percent: f64,
+    pub polls_in_mode: u64,
+    pub polls: u64,
+    pub phase_index: usize,
+    /// Set by `/replicate`: the VM path, for `/api/v1/status/{id}`.
+    pub vm_path: Option<String>,
+}
+
+impl Job {
+    pub fn new(job_id: &str, export_names: Vec<String>, mode: Mode, transitions: Vec<Transition>, now: DateTime<Utc>) -> Job {
+        let mut job = Job {
+            job_id: job_id.to_string(),
+            export_names,
+            mode: Mode::Completed,
+            transitions: Vec::new(),
+            status: "Queued".to_string(),
+            phase: "Discover".to_string(),
+            percent: 0.0,
+            bytes_transferred: 0,
+            total_bytes: 0,
+            throughput_bps: 0.0,
+            sync_type: String::new(),
+            started_at: now,
+            mode_started_at: now,
+            mode_start_percent: 0.0,
+            polls_in_mode: 0,
+            polls: 0,
+            phase_index: 0,
+            vm_path: None,
+        };
+        job.set_mode(mode, transitions, now);
+        job
+    }
+
+    /// Enter a mode: the progress fields take the mode's shape at once.
+    pub fn set_mode(&mut self, mode: Mode, transitions: Vec<Transition>, now: DateTime<Utc>) {
+        self.transitions = transitions;
+        self.enter(mode, now);
+    }
+
+    fn enter(&mut self, mode: Mode, now: DateTime<Utc>) {
+        self.mode_started_at = now;
+        self.polls_in_mode = 0;
+        match &mode {
+            Mode::Running(ramp) | Mode::Slow { ramp, .. } => {
+                if let Some(p) = ramp.start_percent {
+                    self.percent = p;
+                }
+                self.total_bytes = ramp.total_bytes;
+                self.throughput_bps = ramp.throughput_mbps * 1_048_576.0;
+                self.sync_type = ramp.sync_type.clone();
+                self.phase_index = 0;
+                self.phase = ramp.phases.first().cloned().unwrap_or_else(|| "Transfer".into());
+                self.status = if self.phase == "Discover" { "Queued".into() } else { "in_progress".into() };
+                self.bytes_transferred = (self.total_bytes as f64 * self.percent / 100.0) as i64;
+            }
+            Mode::Completed => {
+                self.status = "completed".into();
+                self.phase = "Transfer".into();
+                self.percent = 100.0;
+                self.bytes_transferred = self.total_bytes;
+                self.throughput_bps = 0.0;
+            }
+            Mode::Failed { .. } => {
+                self.status = "failed".into();
+                self.throughput_bps = 0.0;
+            }
+            Mode::Stale => {
+                self.status = "in_progress".into();
+                if self.phase == "Discover" {
+                    self.phase = "Transfer".into();
+                }
+                self.throughput_bps = 0.0;
+            }
+            _ => {}
+        }
+        self.mode_start_percent = self.percent;
+        self.mode = mode;
+    }
+
+    /// Fire the first transition whose trigger is due (at most one per poll).
+    pub fn apply_transitions(&mut self, now: DateTime<Utc>) {
+        let Some(next) = self.transitions.first() else { return };
+        let due = match next.trigger {
+            Trigger::AfterPolls(n) => self.polls_in_mode >= n,
+            Trigger::AfterMillis(ms) => (now - self.mode_started_at).num_milliseconds() >= ms as i64,
+        };
+        if due {
+            let t = self.transitions.remove(0);
+            self.enter(t.to, now);
+        }
+    }
+
+    /// Count one poll and move the ramp along. Call before rendering the answer.
+    pub fn on_poll(&mut self, now: DateTime<Utc>) {
+        self.apply_transitions(now);
+        self.polls += 1;
+        self.polls_in_mode += 1;
+        let ramp = match &self.mode {
+            Mode::Running(r) | Mode::Slow { ramp: r, .. } => r.clone(),
+            _ => return,
+        };
+        if self.polls_in_mode > 1 && self.phase_index + 1 < ramp.phases.len() {
+            self.phase_index += 1;
+            self.phase = ramp.phases[self.phase_index].clone();
+            self.status = "in_progress".into();
+        }
+        let elapsed_s = (now - self.mode_started_at).num_milliseconds().max(0) as f64 / 1000.0;
+        let target = match ramp.rate {
+            Rate::None => self.percent,
+            Rate::PerPoll(r) => self.mode_start_percent + r * (self.polls_in_mode.saturating_sub(1)) as f64,
+            Rate::PerSecond(r) => self.mode_start_percent + r * elapsed_s,
+        };
+        self.percent = target.clamp(0.0, 100.0);
+        self.bytes_transferred = (self.total_bytes as f64 * self.percent / 100.0) as i64;
+        if self.percent >= 100.0 && ramp.rate != Rate::None {
+            self.enter(Mode::Completed, now);
+        }
+    }
+
+    /// Apply a migratekit-style `/update` (reference §1.4, legacy aggregate path).
+    pub fn apply_update(&mut self, u: &ProgressUpdate) {
+        if let Some(stage) = u.stage.as_deref().filter(|s| !s.is_empty()) {
+            self.phase = stage.to_string();
+        }
+        if let Some(status) = u.status.as_deref().filter(|s| !s.is_empty()) {
+            self.status = status.to_string();
+            self.mode = match status {
+                "completed" => Mode::Completed,
+                "failed" => Mode::Failed { message: String::new() },
+                _ => Mode::Running(Ramp { start_percent: None, ..Ramp::default() }),
+            };
+        }
+        match u.sync_type.as_deref() {
+            Some("full") | Some("initial") => self.sync_type = "full".into(),
+            Some("incremental") => self.sync_type = "incremental".into(),
+            _ => {}
+        }
+        if let Some(b) = u.bytes_transferred.filter(|b| *b > 0) {
+            self.bytes_transferred = b;
+        }
+        if let Some(t) = u.total_bytes.filter(|t| *t > 0) {
+            self.total_bytes = t;
+        }
+        self.throughput_bps = u.throughput_bps.filter(|t| *t >= 0.0).unwrap_or(0.0);
+        match u.percent.filter(|p| *p > 0.0) {
+            Some(p) => self.percent = p,
+            None if self.total_bytes > 0 => {
+                self.percent = self.bytes_transferred as f64 / self.total_bytes as f64 * 100.0
+            }
+            None => {}
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct ProgressUpdate {
+    pub stage: Option<String>,
+    pub status: Option<String>,
+    pub bytes_transferred: Option<i64>,
+    pub total_bytes: Option<i64>,
+    pub throughput_bps: Option<f64>,
+    pub percent: Option<f64>,
+    pub disk_id: Option<String>,
+    pub sync_type: Option<String>,
+    pub error_message: Option<String>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// `mapStageToOperation` of the real VMA.
+pub fn current_operation(status: &str, stage: &str) -> String {
+    match (status, stage) {
+        ("Succeeded", _) => "Completed".into(),
+        ("Failed", _) => "Failed".into(),
+        (_, "Discover") => "Discovering VM".into(),
+        (_, "EnableCBT") => "Enabling CBT".into(),
+        (_, "QueryCBT") => "Querying CBT".into(),
+        (_, "Snapshot") => "Creating Snapshot".into(),
+        (_, "PrepareVolumes") => "Preparing Volumes".into(),
+        (_, "StartExports") => "Starting Exports".into(),
+        (_, "Transfer") => "Transferring Data".into(),
+        (_, "Finalize") => "Finalizing".into(),
+        (_, "PersistChangeIDs") => "Persisting Change IDs".into(),
+        (_, other) => other.to_string(),
+    }
+}
+
+/// `calculateETA` of the real VMA.
+pub fn eta_seconds(status: &str, percent: f64, throughput_bps: f64, total: i64, transferred: i64) -> i64 {
+    if status == "Succeeded" || status == "Failed" || percent <= 0.0 || throughput_bps <= 0.0 {
+        return 0;
+    }
+    let remaining = total - transferred;
+    if remaining <= 0 {
+        return 0;
+    }
+    (remaining as f64 / throughput_bps).min(86400.0) as i64
+}
+
+#[derive(Serialize)]
+struct Throughput {
+    current_mbps: f64,
+    average_mbps: f64,
+    peak_mbps: f64,
+    last_update: String,
+}
+
+#[derive(Serialize)]
+struct Timing {
+    start_time: String,
+    last_update: String,
+    elapsed_ms: i64,
+    phase_start: String,
+    phase_elapsed_ms: i64,
+    eta_seconds: i64,
+}
+
+#[derive(Serialize)]
+struct VmInfo {
+    name: &'static str,
+    path: &'static str,
+    disk_size_gb: i64,
+    disk_size_bytes: i64,
+    cbt_enabled: bool,
+}
+
+#[derive(Serialize)]
+struct PhaseInfo {
+    name: String,
+    status: String,
+    start_time: String,
+    end_time: &'static str,
+    duration_ms: i64,
+}
+
+/// The progress body, keys in the real VMA's order.
+#[derive(Serialize)]
+pub struct ProgressBody {
+    job_id: String,
+    status: String,
+    sync_type: String,
+    phase: String,
+    percentage: f64,
+    current_operation: String,
+    bytes_transferred: i64,
+    total_bytes: i64,
+    throughput: Throughput,
+    timing: Timing,
+    vm_info: VmInfo,
+    phases: Vec<PhaseInfo>,
+    errors: Vec<String>,
+    last_error: Option<String>,
+}
+
+impl ProgressBody {
+    /// Render what the VMA would send now. `timing.last_update` is the request time, as the real
+    /// VMA overwrites `updated_at` on read (so staleness is invisible on the wire).
+    pub fn of(job: &Job, now: DateTime<Utc>) -> ProgressBody {
+        let mbps = job.throughput_bps / 1_048_576.0;
+        let elapsed = (now - job.started_at).num_milliseconds().max(0);
+        let (errors, last_error) = match &job.mode {
+            Mode::Failed { message } if !message.is_empty() => (vec![message.clone()], Some(message.clone())),
+            _ => (Vec::new(), None),
+        };
+        ProgressBody {
+            job_id: job.job_id.clone(),
+            status: job.status.clone(),
+            sync_type: job.sync_type.clone(),
+            phase: job.phase.clone(),
+            percentage: job.percent,
+            current_operation: current_operation(&job.status, &job.phase),
+            bytes_transferred: job.bytes_transferred,
+            total_bytes: job.total_bytes,
+            throughput: Throughput { current_mbps: mbps, average_mbps: mbps, peak_mbps: mbps, last_update: rfc3339(now) },
+            timing: Timing {
+                start_time: rfc3339(job.started_at),
+                last_update: rfc3339(now),
+                elapsed_ms: elapsed,
+                phase_start: rfc3339(job.started_at),
+                phase_elapsed_ms: elapsed,
+                eta_seconds: eta_seconds(&job.status, job.percent, job.throughput_bps, job.total_bytes, job.bytes_transferred),
+            },
+            vm_info: VmInfo {
+                name: "unknown",
+                path: "unknown",
+                disk_size_gb: job.total_bytes / (1 << 30),
+                disk_size_bytes: job.total_bytes,
+                cbt_enabled: job.sync_type == "full" || job.sync_type == "incremental",
+            },
+            phases: vec![PhaseInfo {
+                name: job.phase.clone(),
+                status: job.status.clone(),
+                start_time: rfc3339(job.started_at),
+                end_time: "",
+                duration_ms: 0,
+            }],
+            errors,
+            last_error,
+        }
+    }
+}
+
+/// What to send back for one poll of a known job (decided purely from its mode).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Progress(String),
+    NotFound,
+    Http200NotFound,
+    Status(u16),
+    Malformed(MalformedKind, String),
+}
+
+/// Count a poll and decide the answer. Pure apart from mutating the job.
+pub fn answer_poll(job: &mut Job, now: DateTime<Utc>) -> (Reply, Option<Duration>) {
+    job.on_poll(now);
+    let body = || serde_json::to_string(&ProgressBody::of(job, now)).expect("progress body serializes");
+    match &job.mode {
+        Mode::Running(_) | Mode::Completed | Mode::Failed { .. } | Mode::Stale => (Reply::Progress(body()), None),
+        Mode::Slow { delay_ms, .. } => (Reply::Progress(body()), Some(Duration::from_millis(*delay_ms))),
+        Mode::NotFound => (Reply::NotFound, None),
+        Mode::Http200NotFound => (Reply::Http200NotFound, None),
+        Mode::Error { status } => (Reply::Status(*status), None),
+        Mode::Malformed { kind } => {
+            let good = body();
+            let bad = match kind {
+                MalformedKind::NotJson => "<html><body>502 Bad Gateway</body></html>".to_string(),
+                MalformedKind::Truncated => good[..good.len() / 2].to_string(),
+                MalformedKind::WrongTypes => good.replacen("\"percentage\":", "\"percentage\":\"", 1).replacen(",\"current_operation\"", "\",\"current_operation\"", 1),
+                MalformedKind::Oversized => {
+                    let pad = " ".repeat(4 * 1024 * 1024);
+                    format!("{}{}", &good[..good.len() - 1], format_args!(",\"padding\":\"{pad}\"}}"))
+                }
+            };
+            (Reply::Malformed(*kind, bad), None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2025-10-03T14:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn running(rate: Rate) -> Mode {
+        Mode::Running(Ramp { start_percent: Some(30.0), rate, ..Ramp::default() })
+    }
+
+    #[test]
+    fn ramp_per_poll_moves_and_completes_at_100() {
+        let mut job = Job::new("j", vec![], running(Rate::PerPoll(35.0)), vec![], t0());
+        assert_eq!(job.percent, 30.0);
+        answer_poll(&mut job, t0());
+        assert_eq!(job.percent, 30.0);
+        answer_poll(&mut job, t0());
+        assert_eq!(job.percent, 65.0);
+        answer_poll(&mut job, t0());
+        assert_eq!(job.status, "completed");
+        assert_eq!(job.bytes_transferred, job.total_bytes);
+    }
+
+    #[test]
+    fn counted_and_timed_transitions() {
+        let t = vec![Transition { trigger: Trigger::AfterPolls(2), to: Mode::Completed }];
+        let mut job = Job::new("j", vec![], running(Rate::None), t, t0());
+        answer_poll(&mut job, t0());
+        answer_poll(&mut job, t0());
+        assert_eq!(job.mode, running(Rate::None));
+        answer_poll(&mut job, t0());
+        assert_eq!(job.mode, Mode::Completed);
+
+        let t = vec![Transition { trigger: Trigger::AfterMillis(2000), to: Mode::NotFound }];
+        let mut job = Job::new("j", vec![], running(Rate::None), t, t0());
+        answer_poll(&mut job, t0() + chrono::Duration::milliseconds(1999));
+        assert_eq!(job.mode.name(), "running");
+        let (reply, _) = answer_poll(&mut job, t0() + chrono::Duration::milliseconds(2000));
+        assert_eq!(reply, Reply::NotFound);
+    }
+
+    #[test]
+    fn stale_freezes_progress() {
+        let t = vec![Transition { trigger: Trigger::AfterPolls(1), to: Mode::Stale }];
+        let mut job = Job::new("j", vec![], running(Rate::PerPoll(5.0)), t, t0());
+        answer_poll(&mut job, t0());
+        let frozen = job.percent;
+        for _ in 0..5 {
+            answer_poll(&mut job, t0());
+        }
+        assert_eq!(job.percent, frozen);
+        assert_eq!(job.status, "in_progress");
+    }
+
+    #[test]
+    fn derived_fields_follow_the_real_vma() {
+        assert_eq!(current_operation("in_progress", "Transfer"), "Transferring Data");
+        assert_eq!(current_operation("in_progress", "Creating Snapshot"), "Creating Snapshot");
+        assert_eq!(current_operation("Succeeded", "Transfer"), "Completed");
+        assert_eq!(eta_seconds("in_progress", 50.0, 1000.0, 10_000, 5_000), 5);
+        assert_eq!(eta_seconds("in_progress", 0.0, 1000.0, 10_000, 0), 0);
+        assert_eq!(eta_seconds("in_progress", 1.0, 1.0, 10_000_000, 0), 86400);
+    }
+
+    #[test]
+    fn malformed_bodies_really_are_malformed() {
+        for kind in [MalformedKind::NotJson, MalformedKind::Truncated, MalformedKind::WrongTypes] {
+            let mut job = Job::new("j", vec![], Mode::Malformed { kind }, vec![], t0());
+            let (Reply::Malformed(_, body), _) = answer_poll(&mut job, t0()) else { panic!() };
+            let parsed: Result<serde_json::Value, _> = serde_json::from_str(&body);
+            match kind {
+                MalformedKind::WrongTypes => assert!(parsed.unwrap()["percentage"].is_string()),
+                _ => assert!(parsed.is_err(), "{kind:?}: {body}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Scenario files (TOML): jobs with their behaviour, and a timeline of faults, restarts and mode
+//! changes. Errors name the line and the field.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::spec::{parse_duration, FaultSpec, JobSpec, SpecError};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Testing-guide scenario this file reproduces, e.g. "2".
+    #[serde(default)]
+    pub guide_scenario: Option<String>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub jobs: Vec<toml::Spanned<JobSpec>>,
+    #[serde(default)]
+    pub faults: Option<FaultSpec>,
+    #[serde(default)]
+    pub timeline: Vec<toml::Spanned<TimelineStep>>,
+    /// What the OMA should do, for `oma-lab play` to show and check (free text per job id).
+    #[serde(default)]
+    pub expect: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    pub job: String,
+    pub status: String,
+    #[serde(default)]
+    pub classification: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineStep {
+    pub at: String,
+    /// One of: set_job, faults, clear_faults, restart, forget_job.
+    pub action: String,
+    pub job: Option<JobSpec>,
+    pub job_id: Option<String>,
+    pub faults: Option<FaultSpec>,
+    pub down_for: Option<String>,
+}
+
+/// A checked timeline step.
+#[derive(Debug, Clone)]
+pub enum Action {
+    SetJob(String, JobSpec),
+    Faults(FaultSpec),
+    ClearFaults,
+    Restart(Option<Duration>),
+    ForgetJob(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{0}")]
+    Toml(String),
+    #[error("line {line}: {source}")]
+    Spec { line: usize, source: SpecError },
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+impl Scenario {
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Toml(e.to_string()))?;
+        scenario.check(text)?;
+        Ok(scenario)
+    }
+
+    fn check(&self, text: &str) -> Result<(), ScenarioError> {
+        for (i, job) in self.jobs.iter().enumerate() {
+            let line = line_of(text, job.span().start);
+            let spec = job.get_ref();
+            if spec.id.as_deref().is_none_or(|id| id.trim().is_empty()) {
+                return Err(ScenarioError::Spec {
+                    line,
+                    source: SpecError { field: format!("jobs[{i}].id"), message: "is required".into() },
+                });
+            }
+            spec.compile().map_err(|e| ScenarioError::Spec {
+                line,
+                source: SpecError { field: format!("jobs[{i}].{}", e.field), message: e.message },
+            })?;
+        }
+        if let Some(f) = &self.faults {
+            f.compile().map_err(|e| ScenarioError::Spec { line: 1, source: SpecError { field: format!("faults.{}", e.field), message: e.message } })?;
+        }
+        for (i, step) in self.timeline.iter().enumerate() {
+            let line = line_of(text, step.span().start);
+            step.get_ref().action().map_err(|e| ScenarioError::Spec {
+                line,
+                source: SpecError { field: format!("timeline[{i}].{}", e.field), message: e.message },
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn job_specs(&self) -> impl Iterator<Item = &JobSpec> {
+        self.jobs.iter().map(|j| j.get_ref())
+    }
+
+    /// Timeline steps in time order, each with its offset from the start.
+    pub fn steps(&self) -> Vec<(Duration, Action)> {
+        let mut steps: Vec<(Duration, Action)> = self
+            .timeline
+            .iter()
+            .filter_map(|s| {
+                let s = s.get_ref();
+                Some((parse_duration("at", &s.at).ok()?, s.action().ok()?))
+            })
+            .collect();
+        steps.sort_by_key(|(at, _)| *at);
+        steps
+    }
+}
+
+impl TimelineStep {
+    pub fn action(&self) -> Result<Action, SpecError> {
+        parse_duration("at", &self.at)?;
+        let need_id = || {
+            self.job_id.clone().or_else(|| self.job.as_ref().and_then(|j| j.id.clone())).ok_or_else(|| SpecError {
+                field: "job_id".into(),
+                message: "is required for this action".into(),
+            })
+        };
+        Ok(match self.action.as_str() {
+            "set_job" => {
+                let job = self.job.clone().ok_or_else(|| SpecError { field: "job".into(), message: "is required for set_job".into() })?;
+                let id = need_id()?;
+                job.compile().map_err(|e| SpecError { field: format!("job.{}", e.field), message: e.message })?;
+                Action::SetJob(id, job)
+            }
+            "faults" => {
+                let f = self.faults.clone().ok_or_else(|| SpecError { field: "faults".into(), message: "is required for action faults".into() })?;
+                f.compile().map_err(|e| SpecError { field: format!("faults.{}", e.field), message: e.message })?;
+                Action::Faults(f)
+            }
+            "clear_faults" => Action::ClearFaults,
+            "restart" => Action::Restart(self.down_for.as_deref().map(|d| parse_duration("down_for", d)).transpose()?),
+            "forget_job" => Action::ForgetJob(need_id()?),
+            other => {
+                return Err(SpecError {
+                    field: "action".into(),
+                    message: format!("unknown action {other:?}; use set_job, faults, clear_faults, restart or forget_job"),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scenario_parses() {
+        let s = Scenario::parse(
+            r#"
+name = "x"
+seed = 7
+[[jobs]]
+id = "job-1"
+mode = "running"
+start_percent = 30
+rate_per_poll = 1
+[[jobs.transitions]]
+after_polls = 3
+mode = "completed"
+[[timeline]]
+at = "2s"
+action = "restart"
+down_for = "1s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.jobs.len(), 1);
+        assert_eq!(s.steps().len(), 1);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let text = "name = \"x\"\n\n[[jobs]]\nid = \"j\"\nmode = \"running\"\nstart_percent = -4\n";
+        let e = Scenario::parse(text).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("jobs[0].start_percent"), "{e}");
+        let text = "name = \"x\"\n[[jobs]]\nid = \"j\"\nmdoe = \"running\"\n";
+        let e = Scenario::parse(text).unwrap_err().to_string();
+        assert!(e.contains("line 4") && e.contains("mdoe"), "{e}");
+        let text = "name = \"x\"\n[[timeline]]\nat = \"1s\"\naction = \"explode\"\n";
+        let e = Scenario::parse(text).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("timeline[0].action"), "{e}");
+    }
+}

@@ -1,0 +1,841 @@
+//! The simulator's state and its VMA listener. The listener really closes for "refused",
+//! really holds connections for "blackhole" and really resets them for "reset"; everything
+//! else is decided per request from the seeded RNG and the per-job mode.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::journal::{Journal, JobStats};
+use crate::model::{answer_poll, Job, Mode, ProgressUpdate, Ramp, Reply};
+use crate::spec::{FaultSpec, Faults, JobSpec, SpecError, UnreachableMode};
+
+/// What the fault plan decided for one request or connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultDecision {
+    pub unreachable: Option<UnreachableMode>,
+    pub error_status: Option<u16>,
+    pub latency: Option<Duration>,
+}
+
+/// Blackhole and reset act on whole connections: decided once per accepted connection.
+fn is_connection_fault(mode: UnreachableMode) -> bool {
+    matches!(mode, UnreachableMode::Blackhole | UnreachableMode::Reset)
+}
+
+/// Draw the connection-level decision for a newly accepted connection.
+pub fn decide_connection_fault(faults: &Faults, rng: &mut StdRng) -> Option<UnreachableMode> {
+    match faults.unreachable {
+        Some((mode, p)) if is_connection_fault(mode) && rng.gen::<f64>() < p => Some(mode),
+        _ => None,
+    }
+}
+
+/// Draw one request's decision. Each configured fault draws from the RNG in a fixed order, so
+/// the same seed and the same faults give the same sequence of decisions.
+pub fn decide_faults(faults: &Faults, rng: &mut StdRng) -> FaultDecision {
+    let mut d = FaultDecision::default();
+    if let Some((mode, p)) = faults.unreachable {
+        if mode == UnreachableMode::HangAfterHeaders && rng.gen::<f64>() < p {
+            d.unreachable = Some(mode);
+        }
+    }
+    if let Some((status, p)) = faults.error_rate {
+        if rng.gen::<f64>() < p {
+            d.error_status = Some(status);
+        }
+    }
+    if let Some((base, jitter, p)) = faults.latency {
+        if rng.gen::<f64>() < p {
+            let extra = if jitter.is_zero() { 0 } else { rng.gen_range(0..=jitter.as_micros() as u64) };
+            d.latency = Some(base + Duration::from_micros(extra));
+        }
+    }
+    d
+}
+
+pub(crate) struct Inner {
+    pub jobs: HashMap<String, Job>,
+    /// Export name → job id.
+    pub aliases: HashMap<String, String>,
+    pub faults: Faults,
+    pub fault_epoch: u64,
+    pub rng: StdRng,
+    pub journal: Journal,
+    pub replicate_defaults: JobSpec,
+}
+
+impl Inner {
+    pub fn resolve(&self, id: &str) -> Option<String> {
+        if self.jobs.contains_key(id) {
+            Some(id.to_string())
+        } else {
+            self.aliases.get(id).filter(|j| self.jobs.contains_key(*j)).cloned()
+        }
+    }
+
+    pub fn insert_job(&mut self, job: Job) {
+        for name in &job.export_names {
+            self.aliases.insert(name.clone(), job.job_id.clone());
+        }
+        self.jobs.insert(job.job_id.clone(), job);
+    }
+
+    pub fn remove_job(&mut self, id: &str) -> bool {
+        match self.jobs.remove(id) {
+            Some(job) => {
+                for name in job.export_names {
+                    self.aliases.remove(&name);
+                }
+                self.journal.forget_job(id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Shared state of one simulator.
+pub struct SimState {
+    pub seed: u64,
+    pub(crate) inner: Mutex<Inner>,
+    listener_up: watch::Sender<bool>,
+    /// Cancelled to drop every open VMA connection at once; replaced afterwards.
+    connections: Mutex<CancellationToken>,
+    restart_epoch: Mutex<u64>,
+    started: Instant,
+    pub vma_addr: SocketAddr,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub export_names: Vec<String>,
+    pub mode: &'static str,
+    pub mode_detail: Mode,
+    pub status: String,
+    pub phase: String,
+    pub percentage: f64,
+    pub bytes_transferred: i64,
+    pub total_bytes: i64,
+    pub polls: u64,
+    pub pending_transitions: usize,
+}
+
+impl JobView {
+    pub fn of(job: &Job) -> JobView {
+        JobView {
+            job_id: job.job_id.clone(),
+            export_names: job.export_names.clone(),
+            mode: job.mode.name(),
+            mode_detail: job.mode.clone(),
+            status: job.status.clone(),
+            phase: job.phase.clone(),
+            percentage: job.percent,
+            bytes_transferred: job.bytes_transferred,
+            total_bytes: job.total_bytes,
+            polls: job.polls,
+            pending_transitions: job.transitions.len(),
+        }
+    }
+}
+
+impl SimState {
+    fn new(seed: u64, journal_capacity: usize, vma_addr: SocketAddr) -> (Arc<SimState>, watch::Receiver<bool>) {
+        let (tx, rx) = watch::channel(true);
+        let state = SimState {
+            seed,
+            inner: Mutex::new(Inner {
+                jobs: HashMap::new(),
+                aliases: HashMap::new(),
+                faults: Faults::default(),
+                fault_epoch: 0,
+                rng: StdRng::seed_from_u64(seed),
+                journal: Journal::new(journal_capacity),
+                replicate_defaults: JobSpec { mode: "running".into(), start_percent: Some(0.0), ..JobSpec::default() },
+            }),
+            listener_up: tx,
+            connections: Mutex::new(CancellationToken::new()),
+            restart_epoch: Mutex::new(0),
+            started: Instant::now(),
+            vma_addr,
+        };
+        (Arc::new(state), rx)
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn listener_up(&self) -> bool {
+        *self.listener_up.borrow()
+    }
+
+    fn connection_token(&self) -> CancellationToken {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).child_token()
+    }
+
+    /// Drop every open VMA connection (clients see them closed).
+    pub fn drop_connections(&self) {
+        let mut guard = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        guard.cancel();
+        *guard = CancellationToken::new();
+    }
+
+    fn set_listener(&self, up: bool) {
+        if !up {
+            self.drop_connections();
+        }
+        self.listener_up.send_replace(up);
+    }
+
+    /// Create or change a job. An existing job keeps its progress and (unless given) its names.
+    pub fn put_job(&self, id: &str, spec: &JobSpec) -> Result<JobView, SpecError> {
+        let (mode, transitions, names) = spec.compile()?;
+        let now = Utc::now();
+        let mut inner = self.lock();
+        let job = match inner.jobs.get_mut(id) {
+            Some(existing) => {
+                if let Some(names) = names {
+                    let old = std::mem::replace(&mut existing.export_names, names);
+                    let new_names = existing.export_names.clone();
+                    for n in old {
+                        inner.aliases.remove(&n);
+                    }
+                    for n in new_names {
+                        inner.aliases.insert(n, id.to_string());
+                    }
+                }
+                let existing = inner.jobs.get_mut(id).expect("present");
+                existing.set_mode(mode, transitions, now);
+                JobView::of(existing)
+            }
+            None => {
+                let job = Job::new(id, names.unwrap_or_default(), mode, transitions, now);
+                let view = JobView::of(&job);
+                inner.insert_job(job);
+                view
+            }
+        };
+        Ok(job)
+    }
+
+    pub fn get_job(&self, id: &str) -> Option<JobView> {
+        let inner = self.lock();
+        inner.resolve(id).and_then(|j| inner.jobs.get(&j).map(JobView::of))
+    }
+
+    pub fn list_jobs(&self) -> Vec<JobView> {
+        let inner = self.lock();
+        let mut jobs: Vec<JobView> = inner.jobs.values().map(JobView::of).collect();
+        jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        jobs
+    }
+
+    pub fn forget_job(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.resolve(id) {
+            Some(job_id) => inner.remove_job(&job_id),
+            None => false,
+        }
+    }
+
+    pub fn job_stats(&self, id: &str) -> JobStats {
+        let inner = self.lock();
+        let key = inner.resolve(id).unwrap_or_else(|| id.to_string());
+        inner.journal.stats(&key).unwrap_or_default()
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    /// Replace the global faults. "refused" closes the VMA listener until cleared.
+    pub fn set_faults(self: &Arc<Self>, spec: &FaultSpec) -> Result<Faults, SpecError> {
+        let faults = spec.compile()?;
+        let epoch = {
+            let mut inner = self.lock();
+            inner.faults = faults.clone();
+            inner.fault_epoch += 1;
+            inner.fault_epoch
+        };
+        let refused = matches!(faults.unreachable, Some((UnreachableMode::Refused, _)));
+        self.set_listener(!refused);
+        if faults.unreachable.is_some() {
+            // Pooled keep-alive connections must see the fault too.
+            self.drop_connections();
+        }
+        info!(?faults, "faults set");
+        if let Some(after) = faults.clear_after {
+            let state = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if state.lock().fault_epoch == epoch {
+                    state.clear_faults();
+                }
+            });
+        }
+        Ok(faults)
+    }
+
+    pub fn clear_faults(&self) {
+        {
+            let mut inner = self.lock();
+            inner.faults = Faults::default();
+            inner.fault_epoch += 1;
+        }
+        info!("faults cleared");
+        self.set_listener(true);
+    }
+
+    /// Like a real VMA restart: every job is forgotten; optionally down (refusing) for a while.
+    pub fn restart(self: &Arc<Self>, down_for: Option<Duration>) {
+        {
+            let mut inner = self.lock();
+            inner.jobs.clear();
+            inner.aliases.clear();
+        }
+        self.drop_connections();
+        info!(?down_for, "VMA restarted: all jobs forgotten");
+        if let Some(d) = down_for {
+            self.set_listener(false);
+            let epoch = {
+                let mut e = self.restart_epoch.lock().unwrap_or_else(|p| p.into_inner());
+                *e += 1;
+                *e
+            };
+            let state = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                let current = *state.restart_epoch.lock().unwrap_or_else(|p| p.into_inner());
+                let refused = matches!(state.lock().faults.unreachable, Some((UnreachableMode::Refused, _)));
+                if current == epoch && !refused {
+                    state.set_listener(true);
+                    info!("VMA back up after restart");
+                }
+            });
+        }
+    }
+
+    /// Forget jobs, faults, journal and defaults.
+    pub fn reset(&self) {
+        {
+            let mut inner = self.lock();
+            inner.jobs.clear();
+            inner.aliases.clear();
+            inner.faults = Faults::default();
+            inner.fault_epoch += 1;
+            inner.journal.clear();
+            inner.rng = StdRng::seed_from_u64(self.seed);
+        }
+        self.set_listener(true);
+    }
+
+    pub fn set_replicate_defaults(&self, spec: JobSpec) -> Result<(), SpecError> {
+        spec.compile()?;
+        self.lock().replicate_defaults = spec;
+        Ok(())
+    }
+
+    fn record(&self, method: &str, path: &str, job: Option<&str>, outcome: &str, status: u16, started: Instant) {
+        let latency = started.elapsed().as_secs_f64() * 1000.0;
+        debug!(method, path, job, outcome, status, latency_ms = latency, "VMA request");
+        self.lock().journal.record(method, path, job, outcome, status, Utc::now(), latency);
+    }
+}
+
+/// The running simulator: both listeners and their tasks.
+pub struct SimVma {
+    pub state: Arc<SimState>,
+    vma_addr: SocketAddr,
+    control_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+    pub seed: Option<u64>,
+    pub journal_capacity: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            listen: "127.0.0.1:0".parse().expect("static"),
+            control: "127.0.0.1:0".parse().expect("static"),
+            seed: None,
+            journal_capacity: crate::journal::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl SimVma {
+    /// Bind both listeners (port 0 allowed) and start serving.
+    pub async fn start(config: SimConfig) -> std::io::Result<SimVma> {
+        let seed = config.seed.unwrap_or_else(rand::random);
+        let vma_listener = TcpListener::bind(config.listen).await?;
+        let vma_addr = vma_listener.local_addr()?;
+        let control_listener = TcpListener::bind(config.control).await?;
+        let control_addr = control_listener.local_addr()?;
+        let (state, up_rx) = SimState::new(seed, config.journal_capacity, vma_addr);
+        let cancel = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(accept_loop(state.clone(), vma_listener, up_rx, cancel.clone()));
+        let control = crate::control::router(state.clone());
+        let control_cancel = cancel.clone();
+        tasks.spawn(async move {
+            let _ = axum::serve(control_listener, control)
+                .with_graceful_shutdown(async move { control_cancel.cancelled().await })
+                .await;
+        });
+        info!(seed, vma = %vma_addr, control = %control_addr, "sim-vma started (seed {seed})");
+        Ok(SimVma { state, vma_addr, control_addr, cancel, tasks })
+    }
+
+    pub fn vma_addr(&self) -> SocketAddr {
+        self.vma_addr
+    }
+
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    pub fn vma_url(&self) -> String {
+        format!("http://{}", self.vma_addr)
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control_addr)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.state.seed
+    }
+
+    /// Stop both listeners and drop every connection.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.state.drop_connections();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind_again(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn accept_loop(state: Arc<SimState>, first: TcpListener, mut up: watch::Receiver<bool>, cancel: CancellationToken) {
+    let router = vma_router(state.clone());
+    let mut listener = Some(first);
+    loop {
+        if !*up.borrow_and_update() {
+            listener = None;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = up.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match bind_again(state.vma_addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!("sim-vma could not re-open its VMA listener on {}: {e}", state.vma_addr);
+                    return;
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = up.changed() => {
+                    if r.is_err() { return }
+                    if !*up.borrow() { break }
+                }
+                accepted = l.accept() => {
+                    if let Ok((sock, _)) = accepted {
+                        tokio::spawn(serve_connection(state.clone(), router.clone(), sock));
+                    }
+                }
+            }
+        }
+        drop(l);
+        listener = None;
+    }
+}
+
+async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream) {
+    let kill = state.connection_token();
+    let fault = {
+        let mut inner = state.lock();
+        let faults = inner.faults.clone();
+        decide_connection_fault(&faults, &mut inner.rng)
+    };
+    match fault {
+        Some(UnreachableMode::Blackhole) => {
+            state.record("-", "(connection)", None, "fault_blackhole", 0, Instant::now());
+            let mut sock = sock;
+            let mut sink = [0u8; 4096];
+            // Read and discard, never answer, until the fault is cleared or the client gives up.
+            loop {
+                tokio::select! {
+                    _ = kill.cancelled() => return,
+                    n = tokio::io::AsyncReadExt::read(&mut sock, &mut sink) => if matches!(n, Ok(0) | Err(_)) { return },
+                }
+            }
+        }
+        Some(UnreachableMode::Reset) => {
+            state.record("-", "(connection)", None, "fault_reset", 0, Instant::now());
+            // Linger 0: close sends RST instead of FIN.
+            #[allow(deprecated)]
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            drop(sock);
+            return;
+        }
+        _ => {}
+    }
+    let _ = sock.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(sock);
+    let conn_kill = kill.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        let state = state.clone();
+        let kill = conn_kill.clone();
+        async move {
+            Ok::<_, Infallible>(with_faults(state, router, kill, req.map(Body::new)).await)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    tokio::select! {
+        _ = conn => {}
+        _ = kill.cancelled() => {}
+    }
+}
+
+/// Apply the global faults to one request, then route it.
+async fn with_faults(state: Arc<SimState>, router: Router, kill: CancellationToken, req: Request<Body>) -> Response<Body> {
+    use tower::ServiceExt;
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().to_string();
+    let decision = {
+        let mut inner = state.lock();
+        let faults = inner.faults.clone();
+        decide_faults(&faults, &mut inner.rng)
+    };
+    // While a connection-level fault is probabilistic, close every connection after one answer so
+    // each request is a new connection with its own draw.
+    let close_after = matches!(decision_faults_unreachable(&state), Some(mode) if is_connection_fault(mode));
+    match decision.unreachable {
+        Some(UnreachableMode::HangAfterHeaders) => {
+            state.record(&method, &path, None, "fault_hang_after_headers", 200, started);
+            let stream = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"job_id\":")) })
+                .chain(futures::stream::once(async move {
+                    kill.cancelled().await;
+                    Err(std::io::Error::other("connection dropped"))
+                }));
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(stream))
+                .expect("static response");
+        }
+        _ => {}
+    }
+    if let Some(latency) = decision.latency {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(status) = decision.error_status {
+        state.record(&method, &path, None, "fault_error_status", status, started);
+        return text(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "internal server error\n");
+    }
+    let mut response = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+    if close_after {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn decision_faults_unreachable(state: &SimState) -> Option<UnreachableMode> {
+    state.lock().faults.unreachable.map(|(mode, _)| mode)
+}
+
+use futures::StreamExt;
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    r
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn vma_router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/progress/{job_id}", get(progress))
+        .route("/api/v1/progress/{job_id}/update", post(update))
+        .route("/api/v1/replicate", post(replicate))
+        .route("/api/v1/status/{job_id}", get(status))
+        .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
+        .with_state(state)
+}
+
+/// Go's `time.Duration` text (e.g. `1m2.5s`), as the real VMA prints `uptime`.
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    let h = (secs / 3600.0).floor();
+    let m = ((secs - h * 3600.0) / 60.0).floor();
+    let s = secs - h * 3600.0 - m * 60.0;
+    match (h as u64, m as u64) {
+        (0, 0) => format!("{s}s"),
+        (0, m) => format!("{m}m{s}s"),
+        (h, m) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+async fn health(State(state): State<Arc<SimState>>) -> Response<Body> {
+    let started = Instant::now();
+    let body = serde_json::json!({
+        "status": "healthy",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "uptime": go_duration(state.uptime()),
+    });
+    state.record("GET", "/api/v1/health", None, "healthy", 200, started);
+    json_response(StatusCode::OK, body.to_string())
+}
+
+async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) -> Response<Body> {
+    let started = Instant::now();
+    let path = format!("/api/v1/progress/{id}");
+    let now = Utc::now();
+    let answer = {
+        let mut inner = state.lock();
+        match inner.resolve(&id) {
+            None => None,
+            Some(job_id) => {
+                let job = inner.jobs.get_mut(&job_id).expect("resolved");
+                let (reply, delay) = answer_poll(job, now);
+                inner.journal.poll_started(&job_id, now);
+                Some((job_id, reply, delay))
+            }
+        }
+    };
+    let Some((job_id, reply, delay)) = answer else {
+        state.record("GET", &path, None, "unknown_job", 404, started);
+        return text(StatusCode::NOT_FOUND, "job not found\n");
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let (outcome, response) = match reply {
+        Reply::Progress(body) => {
+            let mut r = json_response(StatusCode::OK, body);
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            ("progress", r)
+        }
+        Reply::NotFound => ("not_found", text(StatusCode::NOT_FOUND, "job not found\n")),
+        Reply::Http200NotFound => ("http200_not_found", text(StatusCode::OK, "job not found\n")),
+        Reply::Status(code) => (
+            "error_status",
+            text(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "internal server error\n"),
+        ),
+        Reply::Malformed(_, body) => ("malformed", json_response(StatusCode::OK, body)),
+    };
+    let status = response.status().as_u16();
+    {
+        let mut inner = state.lock();
+        inner.journal.poll_finished(&job_id, outcome);
+    }
+    state.record("GET", &path, Some(&job_id), outcome, status, started);
+    response
+}
+
+async fn update(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response<Body> {
+    let started = Instant::now();
+    let path = format!("/api/v1/progress/{id}/update");
+    let update: ProgressUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            state.record("POST", &path, None, "bad_request", 400, started);
+            let mut r = (StatusCode::BAD_REQUEST, format!("invalid request body: {e}\n")).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return r;
+        }
+    };
+    let now = Utc::now();
+    let (job_id, auto) = {
+        let mut inner = state.lock();
+        let (job_id, auto) = match inner.resolve(&id) {
+            Some(j) => (j, false),
+            None => {
+                let mut job = Job::new(&id, vec![id.clone()], Mode::Running(Ramp::default()), vec![], now);
+                job.status = "Queued".into();
+                job.phase = "Discover".into();
+                job.sync_type = String::new();
+                job.total_bytes = 0;
+                job.bytes_transferred = 0;
+                job.throughput_bps = 0.0;
+                inner.insert_job(job);
+                (id.clone(), true)
+            }
+        };
+        inner.jobs.get_mut(&job_id).expect("present").apply_update(&update);
+        (job_id, auto)
+    };
+    state.record("POST", &path, Some(&job_id), if auto { "auto_initialized" } else { "updated" }, 200, started);
+    let body = if auto {
+        serde_json::json!({"status": "success", "auto_initialized": true, "job_id": id})
+    } else {
+        serde_json::json!({"status": "success", "job_id": id})
+    };
+    json_response(StatusCode::OK, body.to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct ReplicationRequest {
+    job_id: String,
+    #[serde(default)]
+    vm_paths: Vec<String>,
+    #[serde(default)]
+    nbd_targets: Vec<NbdTarget>,
+}
+
+#[derive(serde::Deserialize)]
+struct NbdTarget {
+    device_path: String,
+}
+
+async fn replicate(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Response<Body> {
+    let started = Instant::now();
+    let request: ReplicationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.record("POST", "/api/v1/replicate", None, "bad_request", 400, started);
+            let mut r = (StatusCode::BAD_REQUEST, format!("Invalid request: {e}\n")).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return r;
+        }
+    };
+    let names: Vec<String> = request
+        .nbd_targets
+        .iter()
+        .filter_map(|t| t.device_path.rsplit('/').next().map(str::to_string))
+        .filter(|n| !n.is_empty())
+        .collect();
+    let now = Utc::now();
+    {
+        let mut inner = state.lock();
+        let spec = inner.replicate_defaults.clone();
+        let (mode, transitions, _) = spec.compile().unwrap_or_else(|_| (Mode::Running(Ramp::default()), vec![], None));
+        if let Some(old) = inner.resolve(&request.job_id) {
+            inner.remove_job(&old);
+        }
+        let mut job = Job::new(&request.job_id, names, mode, transitions, now);
+        job.vm_path = request.vm_paths.first().cloned();
+        inner.insert_job(job);
+    }
+    state.record("POST", "/api/v1/replicate", Some(&request.job_id), "started", 200, started);
+    let body = serde_json::json!({
+        "job_id": request.job_id,
+        "status": "started",
+        "vm_count": request.vm_paths.len().max(1),
+        "started_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    json_response(StatusCode::OK, body.to_string())
+}
+
+async fn status(State(state): State<Arc<SimState>>, Path(id): Path<String>) -> Response<Body> {
+    let started = Instant::now();
+    let inner = state.lock();
+    let found = inner.jobs.get(&id).filter(|j| j.vm_path.is_some()).map(|j| {
+        serde_json::json!({
+            "job_id": j.job_id, "status": "running", "progress_percent": 0, "current_operation": "initializing",
+            "start_time": j.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "last_update": j.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "vm_path": j.vm_path,
+        })
+    });
+    drop(inner);
+    match found {
+        Some(body) => {
+            state.record("GET", "/api/v1/status", Some(&id), "status", 200, started);
+            json_response(StatusCode::OK, body.to_string())
+        }
+        None => {
+            state.record("GET", "/api/v1/status", None, "unknown_job", 404, started);
+            let mut r = (StatusCode::NOT_FOUND, format!("Job not found: {id}\n")).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_fault_decisions() {
+        let faults = FaultSpec {
+            unreachable: Some(crate::spec::UnreachableSpec { mode: UnreachableMode::HangAfterHeaders, probability: Some(0.3) }),
+            latency: Some(crate::spec::LatencySpec { base: "10ms".into(), jitter: Some("20ms".into()), probability: Some(0.5) }),
+            error_rate: Some(crate::spec::ErrorRateSpec { status: Some(503), probability: 0.2 }),
+            for_duration: None,
+        }
+        .compile()
+        .unwrap();
+        let run = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..500).map(|_| decide_faults(&faults, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+        let decisions = run(42);
+        let resets = decisions.iter().filter(|d| d.unreachable.is_some()).count();
+        assert!((100..200).contains(&resets), "about 30% of 500: {resets}");
+    }
+
+    #[test]
+    fn go_duration_text() {
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_secs(62)), "1m2s");
+    }
+}
