@@ -1,1 +1,10 @@
-pub fn x(){}
+//! Acceptance harness (SPEC §6): MariaDB provisioning ([`mariadb`]), the real `oma-api` as an OS
+//! process ([`oma_process`]) and one scenario's world ([`lab`]): fresh database, embedded
+//! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
+
+pub mod lab;
+pub mod mariadb;
+pub mod oma_process;
+
+pub use lab::{Lab, SeedJob};
+pub use oma_process::{OmaConfig, OmaProcess};

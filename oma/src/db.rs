@@ -684,7 +684,7 @@ pub struct ContextRow {
 
 const CONTEXT_COLUMNS: &str = "context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, \
     CAST(current_status AS CHAR) AS current_status, current_job_id, total_jobs_run, successful_jobs, failed_jobs, \
-    last_successful_job_id, last_replication_at, last_operation_summary";
+    last_successful_job_id, last_replication_at, CAST(last_operation_summary AS CHAR) AS last_operation_summary";
 
 pub async fn get_context(pool: &MySqlPool, context_id: &str) -> Result<Option<ContextRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {CONTEXT_COLUMNS} FROM vm_replication_contexts WHERE context_id = ?"))

@@ -1,0 +1,307 @@
+//! The OMA under test as a real operating-system process: start, stop (SIGTERM), kill
+//! (SIGKILL), captured logs. `OMA_UNDER_TEST="cmd …"` runs another OMA with the same
+//! environment-variable configuration; the default is this workspace's `oma-api`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+/// Configuration passed to the OMA through its environment variables (SPEC §4.1).
+#[derive(Debug, Clone)]
+pub struct OmaConfig {
+    pub database_url: String,
+    pub vma_url: String,
+    pub poll_interval: Duration,
+    pub poll_grace: Duration,
+    pub vma_timeout: Duration,
+    pub recovery_max_age: Duration,
+    pub health_interval: Duration,
+    pub health_stale_after: Duration,
+    pub stall_after: Duration,
+    pub instance_id: Option<String>,
+    pub log_format: &'static str,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl OmaConfig {
+    /// Short intervals for tests; ages are made with past timestamps, not waiting.
+    pub fn fast(database_url: &str, vma_url: &str) -> OmaConfig {
+        OmaConfig {
+            database_url: database_url.to_string(),
+            vma_url: vma_url.to_string(),
+            poll_interval: Duration::from_millis(100),
+            poll_grace: Duration::from_secs(2),
+            vma_timeout: Duration::from_millis(500),
+            recovery_max_age: Duration::from_secs(30 * 60),
+            health_interval: Duration::from_millis(500),
+            health_stale_after: Duration::from_secs(2),
+            stall_after: Duration::from_secs(30 * 60),
+            instance_id: None,
+            log_format: "text",
+            extra_env: Vec::new(),
+        }
+    }
+
+    fn env(&self, port: u16) -> Vec<(String, String)> {
+        let d = |d: Duration| format!("{}ms", d.as_millis());
+        let mut env = vec![
+            ("OMA_DATABASE_URL".into(), self.database_url.clone()),
+            ("VMA_API_URL".into(), self.vma_url.clone()),
+            ("OMA_LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("OMA_POLL_INTERVAL".into(), d(self.poll_interval)),
+            ("OMA_POLL_GRACE".into(), d(self.poll_grace)),
+            ("OMA_VMA_TIMEOUT".into(), d(self.vma_timeout)),
+            ("OMA_RECOVERY_MAX_AGE".into(), d(self.recovery_max_age)),
+            ("OMA_HEALTH_INTERVAL".into(), d(self.health_interval)),
+            ("OMA_HEALTH_STALE_AFTER".into(), d(self.health_stale_after)),
+            ("OMA_STALL_AFTER".into(), d(self.stall_after)),
+            ("OMA_LOG_FORMAT".into(), self.log_format.into()),
+            ("OMA_DB_MAX_CONNECTIONS".into(), "8".into()),
+            ("RUST_LOG".into(), std::env::var("OMA_TEST_RUST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into())),
+        ];
+        if let Some(id) = &self.instance_id {
+            env.push(("OMA_INSTANCE_ID".into(), id.clone()));
+        }
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+}
+
+static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
+
+/// `target/<profile>/` of this test binary.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of the workspace's `oma-api`, built once if needed (`cargo build -p oma --bins`).
+pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
+    BUILT
+        .get_or_try_init(|| async {
+            let bin = target_dir().join("oma-api");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "oma", "--bins", "--manifest-path", manifest]);
+            if !target_dir().ends_with("debug") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().await;
+            match status {
+                Ok(s) if s.success() => {}
+                _ if bin.is_file() => eprintln!("[harness] could not rebuild oma-api; using {}", bin.display()),
+                other => bail!("building oma-api failed: {other:?}"),
+            }
+            Ok(bin)
+        })
+        .await
+        .cloned()
+}
+
+/// Lines a process printed, shared with the reader tasks.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<String>>>);
+
+impl LogBuffer {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("log lock").clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("log lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn since(&self, mark: usize) -> Vec<String> {
+        self.0.lock().expect("log lock").iter().skip(mark).cloned().collect()
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.0.lock().expect("log lock").iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().expect("log lock").push(line);
+    }
+}
+
+pub struct OmaProcess {
+    pub name: String,
+    pub config: OmaConfig,
+    pub port: u16,
+    child: Option<Child>,
+    pub log: LogBuffer,
+    pub log_path: PathBuf,
+    pub starts: u32,
+    pub last_start: Option<Instant>,
+}
+
+impl OmaProcess {
+    /// Start a new OMA on a free port and wait until `/health` answers.
+    pub async fn start(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
+        let logs = target_dir().parent().map(|p| p.join("acceptance/logs")).unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
+        std::fs::create_dir_all(&logs).ok();
+        let mut process = OmaProcess {
+            name: name.to_string(),
+            config,
+            port: crate::mariadb::free_port(),
+            child: None,
+            log: LogBuffer::default(),
+            log_path: logs.join(format!("{}.log", name.replace(['/', ' '], "_"))),
+            starts: 0,
+            last_start: None,
+        };
+        process.start_again().await?;
+        Ok(process)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Spawn the process (same port, same configuration) without waiting for readiness.
+    pub async fn spawn(&mut self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("{} is already running", self.name);
+        }
+        let mut cmd = match std::env::var("OMA_UNDER_TEST") {
+            Ok(under_test) if !under_test.trim().is_empty() => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("exec {under_test}"));
+                c
+            }
+            _ => Command::new(oma_api_binary().await?),
+        };
+        cmd.envs(self.config.env(self.port)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.name))?;
+        self.starts += 1;
+        self.last_start = Some(Instant::now());
+        let header = format!("===== {} start #{} (port {}) =====", self.name, self.starts, self.port);
+        self.log.push(header.clone());
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await.ok();
+        let file = Arc::new(tokio::sync::Mutex::new(file));
+        if let Some(f) = file.lock().await.as_mut() {
+            let _ = f.write_all(format!("{header}\n").as_bytes()).await;
+        }
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        for stream in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
+            let log = self.log.clone();
+            let file = file.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(f) = file.lock().await.as_mut() {
+                        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+                    }
+                    log.push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Spawn and wait until `/health` answers 200.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn().await?;
+        self.wait_ready(Duration::from_secs(30)).await
+    }
+
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", self.url())).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if !self.is_running() {
+                bail!("{} exited before it was ready. Log tail:\n{}", self.name, self.log.tail(30));
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready after {:?}. Log tail:\n{}", self.name, timeout, self.log.tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn signal_and_wait(&mut self, signal: Signal, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else { return Ok(None) };
+        if let Some(pid) = child.id() {
+            kill(Pid::from_raw(pid as i32), signal).map_err(|e| anyhow!("sending {signal} to {}: {e}", self.name))?;
+        }
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => Ok(status?.code()),
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!("{} did not exit within {:?} after {signal}. Log tail:\n{}", self.name, timeout, self.log.tail(20))
+            }
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub async fn stop(&mut self) -> anyhow::Result<Option<i32>> {
+        self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)).await
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.signal_and_wait(Signal::SIGKILL, Duration::from_secs(5)).await.map(|_| ())
+    }
+
+    /// Wait until a log line contains `needle`, printing the tail if it never does.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lines().into_iter().find(|l| l.contains(needle)) {
+                return Ok(line);
+            }
+            if Instant::now() > deadline {
+                bail!("{}: no log line containing {needle:?} within {timeout:?}. Log tail:\n{}", self.name, self.log.tail(25));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for OmaProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+    }
+}

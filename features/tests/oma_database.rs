@@ -1,0 +1,220 @@
+//! The OMA against a real MariaDB (issue 2): migrations twice, the testing guide's SQL
+//! unchanged, and every finalization path frees the VM so a new replication is accepted.
+
+use std::time::Duration;
+
+use oma::config::Settings;
+use oma::startup::Application;
+use oma_acceptance::{Lab, SeedJob};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn migrations_run_twice_in_a_row() {
+    let lab = Lab::new("migrations").await.unwrap();
+    oma::db::migrate(lab.pool()).await.unwrap();
+    oma::db::migrate(lab.pool()).await.unwrap();
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = 'replication_jobs'",
+    )
+    .fetch_all(lab.pool())
+    .await
+    .unwrap();
+    for c in ["recovery_attempted", "recovery_attempted_at", "recovery_method", "vma_validated_at", "polling_restarted_at", "vma_last_poll_at", "vm_context_id"] {
+        assert!(columns.iter().any(|x| x == c), "missing column {c}: {columns:?}");
+    }
+    let tables: Vec<String> = sqlx::query_scalar("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+        .fetch_all(lab.pool())
+        .await
+        .unwrap();
+    for t in ["replication_jobs", "vm_replication_contexts", "vm_disks", "ossea_volumes", "vma_polling_state"] {
+        assert!(tables.iter().any(|x| x == t), "missing table {t}");
+    }
+    lab.teardown().await;
+}
+
+/// Every query of the testing guide, verbatim.
+const GUIDE_SQL: &[&str] = &[
+    // Pre-deployment checklist: check running jobs
+    "SELECT id, source_vm_name, status, progress_percent, updated_at 
+     FROM replication_jobs 
+     WHERE status IN ('replicating', 'initializing') 
+     ORDER BY updated_at DESC LIMIT 10;",
+    // Verify database connection
+    "SELECT 1",
+    // Scenario 1 step 2
+    "SELECT COUNT(*) as active_jobs FROM replication_jobs WHERE status = 'replicating';",
+    // Scenario 2 step 2 and step 8
+    "SELECT id, progress_percent, status FROM replication_jobs ORDER BY created_at DESC LIMIT 1;",
+    "SELECT id, progress_percent, vma_last_poll_at, updated_at FROM replication_jobs WHERE id='JOB_ID';",
+    // Scenario 3 step 6
+    "SELECT id, status, progress_percent, current_operation, completed_at 
+      FROM replication_jobs WHERE id='{JOB_ID}';",
+    // Database Verification Queries
+    "SELECT 
+    id, 
+    source_vm_name, 
+    status, 
+    progress_percent,
+    vma_last_poll_at,
+    TIMESTAMPDIFF(SECOND, vma_last_poll_at, NOW()) as seconds_since_poll,
+    updated_at
+FROM replication_jobs 
+WHERE status IN ('replicating', 'initializing')
+ORDER BY updated_at DESC;",
+    "SELECT 
+    context_id,
+    vm_name,
+    current_status,
+    successful_jobs,
+    failed_jobs,
+    last_replication_at
+FROM vm_replication_contexts
+WHERE current_status IN ('ready_for_failover', 'replicating')
+ORDER BY updated_at DESC;",
+    // Troubleshooting and performance baseline
+    "SELECT id, status, progress_percent, vma_last_poll_at FROM replication_jobs WHERE status='replicating';",
+    "SELECT COUNT(*) FROM replication_jobs WHERE status='replicating';",
+];
+
+#[tokio::test]
+async fn the_testing_guides_sql_runs_unchanged() {
+    let lab = Lab::new("guide-sql").await.unwrap();
+    lab.seed_job(&SeedJob::replicating("job-guide-1", 42.0, 1.0)).await.unwrap();
+    for sql in GUIDE_SQL {
+        let rows = sqlx::raw_sql(sql).fetch_all(lab.pool()).await;
+        assert!(rows.is_ok(), "guide query failed: {sql}\n{:?}", rows.err());
+    }
+    let seconds: Option<i64> = sqlx::query_scalar(
+        "SELECT TIMESTAMPDIFF(SECOND, vma_last_poll_at, NOW()) as seconds_since_poll FROM replication_jobs WHERE id = 'job-guide-1'",
+    )
+    .fetch_one(lab.pool())
+    .await
+    .unwrap();
+    assert!((55..=65).contains(&seconds.unwrap()), "a poll 1 minute ago is about 60 s old: {seconds:?}");
+    lab.teardown().await;
+}
+
+async fn start_in_process(lab: &Lab) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut settings = Settings::with_defaults(&lab.db().url, &lab.sim().vma_url());
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.poll_interval = Duration::from_millis(100);
+    settings.vma_timeout = Duration::from_millis(500);
+    settings.health_interval = Duration::from_secs(60);
+    let app = Application::build(settings).await.unwrap();
+    let url = format!("http://{}", app.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until_stopped(async move {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (url, tx, handle)
+}
+
+fn replication_request(vm: &str) -> Value {
+    json!({"source_vm": {"id": format!("vmware-{vm}"), "name": vm, "path": format!("/DC1/vm/{vm}"),
+           "disks": [{"id": "disk-2000", "size_gb": 10, "capacity_bytes": 10737418240u64}]},
+           "ossea_config_id": 1, "vcenter_host": "vcenter.local", "start_replication": true})
+}
+
+#[tokio::test]
+async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
+    let lab = Lab::new("finalization-paths").await.unwrap();
+    // (job, seeded progress, minutes since last contact, VMA behaviour, expected status, class, context status)
+    let cases: Vec<(&str, f64, f64, Value, &str, Option<&str>, &str)> = vec![
+        ("job-done", 60.0, 2.0, json!({"mode": "completed"}), "completed", None, "ready_for_failover"),
+        ("job-assumed", 95.0, 2.0, json!({"mode": "not_found"}), "completed", None, "ready_for_failover"),
+        ("job-vma-failed", 40.0, 2.0, json!({"mode": "failed", "message": "NBD export went away"}), "failed", Some("vma_reported_failure"), "failed"),
+        ("job-lost", 40.0, 2.0, json!({"mode": "not_found"}), "failed", Some("job_lost"), "failed"),
+        ("job-lost-200", 40.0, 2.0, json!({"mode": "http200_not_found"}), "failed", Some("job_lost"), "failed"),
+        ("job-unreachable", 40.0, 45.0, json!({"mode": "error", "status": 503}), "failed", Some("vma_unreachable_timeout"), "failed"),
+        ("job-stalled", 40.0, 45.0, json!({"mode": "running", "start_percent": 40, "transitions": [{"after_polls": 0, "mode": "stale"}]}), "failed", Some("vma_stalled"), "failed"),
+    ];
+    for (id, pct, minutes, vma, ..) in &cases {
+        let mut seed = SeedJob::replicating(id, *pct, *minutes);
+        seed.bytes_transferred = 4_000_000_000;
+        let names = lab.seed_job(&seed).await.unwrap();
+        lab.vma_job(id, &names, vma.clone()).await.unwrap();
+        if *id == "job-stalled" {
+            // Stale at exactly the row's numbers: the copy process died at 40 %.
+            let job = lab.control.get_job(id).await.unwrap();
+            assert_eq!(job["percentage"], 40.0);
+            sqlx::query("UPDATE replication_jobs SET bytes_transferred = ? WHERE id = ?")
+                .bind(job["bytes_transferred"].as_i64().unwrap())
+                .bind(id)
+                .execute(lab.pool())
+                .await
+                .unwrap();
+        }
+    }
+    let (url, stop, handle) = start_in_process(&lab).await;
+    let http = reqwest::Client::new();
+    for (id, _, _, _, status, class, ctx_status) in &cases {
+        let row = lab.wait_for_status(id, status, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(row.vma_error_classification.as_deref(), *class, "{id}");
+        assert!(row.completed_at.is_some(), "{id}");
+        assert!(row.recovery_attempted, "{id}");
+        assert!(row.recovery_method.is_some(), "{id}");
+        let ctx = lab.context_of(id).await.unwrap();
+        assert_eq!(ctx.current_job_id, None, "{id}: current_job_id must be cleared");
+        assert_eq!(ctx.current_status, *ctx_status, "{id}");
+        assert_eq!(ctx.total_jobs_run, 1, "{id}");
+        if *status == "completed" {
+            assert_eq!(ctx.successful_jobs, 1);
+            assert_eq!(ctx.last_successful_job_id.as_deref(), Some(*id));
+            assert!(ctx.last_replication_at.is_some());
+        } else {
+            assert_eq!(ctx.failed_jobs, 1);
+        }
+        let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request(&format!("vm-{id}"))).send().await.unwrap();
+        let code = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(code, 201, "{id}: a new replication of the VM must be accepted: {body}");
+        // And while that one runs, a second is refused.
+        let again = http.post(format!("{url}/api/v1/replications")).json(&replication_request(&format!("vm-{id}"))).send().await.unwrap();
+        assert_eq!(again.status().as_u16(), 409, "{id}");
+    }
+    // A replication the VMA refuses is finalized as replication_failed and frees the VM too.
+    lab.control.set_faults_json(&json!({"error_rate": {"status": 500, "probability": 1.0}})).await.unwrap();
+    let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 502);
+    lab.control.clear_faults().await.unwrap();
+    let ctx: Option<String> = sqlx::query_scalar("SELECT current_job_id FROM vm_replication_contexts WHERE vm_name = 'vm-refused'")
+        .fetch_one(lab.pool())
+        .await
+        .unwrap();
+    assert_eq!(ctx, None);
+    let status: String = sqlx::query_scalar("SELECT status FROM replication_jobs WHERE source_vm_name = 'vm-refused'")
+        .fetch_one(lab.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "replication_failed");
+    let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let _ = stop.send(());
+    handle.await.unwrap();
+    lab.teardown().await;
+}
+
+#[tokio::test]
+async fn a_job_is_finalized_exactly_once_with_two_writers() {
+    let lab = Lab::new("finalize-once").await.unwrap();
+    lab.seed_job(&SeedJob::replicating("job-race", 50.0, 1.0)).await.unwrap();
+    let fin = oma::db::Finalization::completed(None, None);
+    let pool = lab.pool().clone();
+    let attempts = (0..8).map(|_| {
+        let pool = pool.clone();
+        let fin = fin.clone();
+        tokio::spawn(async move { oma::db::finalize_job(&pool, "job-race", &fin).await.unwrap() })
+    });
+    let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap()).collect();
+    let done = results.iter().filter(|r| matches!(r, oma::db::Finalized::Done { .. })).count();
+    assert_eq!(done, 1, "{results:?}");
+    // Terminal is absorbing: a failure after completion changes nothing.
+    let fail = oma::db::Finalization::failed(oma::domain::JobStatus::Failed, oma::domain::FailureClass::JobLost, "late".into(), None, None);
+    assert_eq!(oma::db::finalize_job(&pool, "job-race", &fail).await.unwrap(), oma::db::Finalized::AlreadyFinal);
+    assert_eq!(lab.job("job-race").await.unwrap().status, "completed");
+    lab.teardown().await;
+}
