@@ -219,7 +219,7 @@ async fn apply_decision(
         if tracked.started_polling_at.is_none() {
             tracked.started_polling_at = Some(shared.clock.now());
         }
-        poller.track(&tracked, via);
+        poller.track(&tracked, via, true);
     }
     let mark = recovery_mark(caller, observation, claimed);
     if let Err(e) = db::record_keep(&shared.pool, &job.id, progress.as_ref(), *progress_changed, mark).await {

@@ -29,6 +29,8 @@ struct Tracked {
     export_names: Vec<String>,
     preferred: Option<LookupKey>,
     in_flight: bool,
+    /// When the current or last poll was started; the next one is due an interval later.
+    dispatched_at: Instant,
     next_due: Instant,
     consecutive_errors: u32,
     generation: u64,
@@ -109,16 +111,20 @@ impl Poller {
         }
     }
 
-    /// Start tracking a job this process has claimed. Idempotent; polled at the next dispatch.
-    pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>) {
+    /// Start tracking a job this process has claimed. Idempotent. `just_observed`: the caller
+    /// asked the VMA a moment ago, so the first poll is one interval away; otherwise it is now.
+    pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>, just_observed: bool) {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let first_due = if just_observed { now + self.inner.shared.settings.poll_interval } else { now };
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
         let entry = jobs.entry(job.id.clone()).or_insert_with(|| Tracked {
             facts: job.facts(),
             export_names: job.export_names.clone(),
             preferred: None,
             in_flight: false,
-            next_due: Instant::now() + self.inner.shared.settings.poll_interval,
+            dispatched_at: now,
+            next_due: first_due,
             consecutive_errors: 0,
             generation,
             last_poll_at: None,
@@ -176,12 +182,15 @@ impl Poller {
     /// Start a poll for every due job that has no request in flight.
     pub fn tick(&self) -> TickOutcome {
         let now = Instant::now();
+        // Ticks jitter by a few milliseconds; a job due just after this tick is due now.
+        let horizon = now + self.inner.shared.settings.poll_interval / 5;
         let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
             let mut jobs = self.inner.jobs.lock().expect("poller lock");
             jobs.iter_mut()
-                .filter(|(_, t)| !t.in_flight && t.next_due <= now)
+                .filter(|(_, t)| !t.in_flight && t.next_due <= horizon)
                 .map(|(id, t)| {
                     t.in_flight = true;
+                    t.dispatched_at = now;
                     (id.clone(), t.facts.clone(), t.export_names.clone(), t.preferred.clone())
                 })
                 .collect()
@@ -293,7 +302,7 @@ impl Poller {
             t.polls += 1;
             t.last_poll_at = Some(now_wall);
             let factor = if ok { 1 } else { 1u32 << t.consecutive_errors.min(3) }.min(6);
-            t.next_due = Instant::now() + interval * factor;
+            t.next_due = t.dispatched_at + interval * factor;
         });
     }
 
@@ -335,13 +344,7 @@ impl Poller {
                     self.tick();
                 }
                 _ = self.inner.wake.notified() => {
-                    // A newly tracked job: poll it once right away, then on its interval.
-                    let now = Instant::now();
-                    for t in self.inner.jobs.lock().expect("poller lock").values_mut() {
-                        if t.polls == 0 && !t.in_flight {
-                            t.next_due = t.next_due.min(now);
-                        }
-                    }
+                    // A newly tracked job may be due at once.
                     self.tick();
                 }
             }

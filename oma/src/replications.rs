@@ -293,5 +293,5 @@ pub async fn create_replication(
 
 fn poller_track(poller: &Poller, job: &UnfinishedJob) {
     let preferred = if job.export_names.is_empty() { Some(LookupKey::JobId) } else { None };
-    poller.track(job, preferred);
+    poller.track(job, preferred, false);
 }

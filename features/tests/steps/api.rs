@@ -1,0 +1,105 @@
+//! Steps about the OMA's HTTP API and the `job-recovery` CLI.
+
+use cucumber::{then, when};
+use serde_json::Value;
+
+use crate::OmaWorld;
+
+#[then(regex = r"^the API responds to a health check$")]
+async fn health_check(world: &mut OmaWorld) {
+    let resp = world.lab().http.get(format!("{}/health", world.lab().oma().url())).send().await.expect("GET /health");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["service"], "OMA API");
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["database"], "connected");
+}
+
+#[when(regex = r#"^I (GET|POST|DELETE) "([^"]*)"$"#)]
+async fn http(world: &mut OmaWorld, method: String, path: String) {
+    let url = format!("{}{}", world.lab().oma().url(), world.expand(&path));
+    let http = &world.lab().http;
+    let req = match method.as_str() {
+        "GET" => http.get(url),
+        "POST" => http.post(url),
+        _ => http.delete(url),
+    };
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    world.response = Some((status, body));
+}
+
+fn response(world: &OmaWorld) -> &(u16, Value) {
+    world.response.as_ref().expect("a request was made")
+}
+
+#[then(regex = r"^the response status is (\d+)$")]
+async fn status_is(world: &mut OmaWorld, status: u16) {
+    let (s, body) = response(world);
+    assert_eq!(*s, status, "{body}");
+}
+
+/// `a/b/0/c` → JSON pointer `/a/b/0/c`.
+fn pointer<'a>(body: &'a Value, path: &str) -> &'a Value {
+    body.pointer(&format!("/{}", path.replace('.', "/"))).unwrap_or(&Value::Null)
+}
+
+#[then(regex = r#"^the response field "([^"]*)" is "([^"]*)"$"#)]
+async fn field_text(world: &mut OmaWorld, path: String, expected: String) {
+    let expected = world.expand(&expected);
+    let (_, body) = response(world);
+    let v = pointer(body, &path);
+    assert_eq!(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()), expected, "{path} in {body}");
+}
+
+#[then(regex = r#"^the response field "([^"]*)" is (\d+)$"#)]
+async fn field_number(world: &mut OmaWorld, path: String, expected: f64) {
+    let (_, body) = response(world);
+    assert_eq!(pointer(body, &path).as_f64(), Some(expected), "{path} in {body}");
+}
+
+#[then(regex = r#"^the response field "([^"]*)" lists the job$"#)]
+async fn field_lists_job(world: &mut OmaWorld, path: String) {
+    let id = world.job();
+    let (_, body) = response(world);
+    let list = pointer(body, &path).as_array().cloned().unwrap_or_default();
+    assert!(list.iter().any(|v| v == &Value::String(id.clone()) || v["job_id"] == id.as_str()), "{id} not in {path}: {body}");
+}
+
+#[then(regex = r"^the response contains no technical error text$")]
+async fn no_technical_text(world: &mut OmaWorld) {
+    let (_, body) = response(world);
+    let text = body.to_string().to_lowercase();
+    for word in ["virt-v2v", "virtio", "/dev/"] {
+        assert!(!text.contains(word), "{word} in {body}");
+    }
+}
+
+#[when(regex = r#"^I run "job-recovery ([^"]*)"$"#)]
+async fn run_cli(world: &mut OmaWorld, args: String) {
+    let bin = oma_acceptance::oma_process::target_dir().join("job-recovery");
+    let out = tokio::process::Command::new(bin)
+        .args(world.expand(&args).split_whitespace())
+        .env("OMA_DATABASE_URL", &world.lab().db().url)
+        .env("VMA_API_URL", world.lab().sim().vma_url())
+        .output()
+        .await
+        .expect("job-recovery runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    world.command = Some((out.status.code().unwrap_or(-1), text));
+}
+
+#[then(regex = r"^the command exits with (\d+)$")]
+async fn exits_with(world: &mut OmaWorld, code: i32) {
+    let (c, out) = world.command.as_ref().expect("a command ran");
+    assert_eq!(*c, code, "{out}");
+}
+
+#[then(regex = r#"^the command output contains "([^"]*)"$"#)]
+async fn output_contains(world: &mut OmaWorld, text: String) {
+    let needle = world.expand(&text);
+    let (_, out) = world.command.as_ref().expect("a command ran");
+    assert!(out.contains(&needle), "{needle:?} not in:\n{out}");
+}

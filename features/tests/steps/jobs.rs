@@ -1,0 +1,400 @@
+//! Steps about jobs in the database: seeding them as a previous OMA left them, and checking
+//! rows, VM contexts, recovery metadata and polling.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cucumber::{given, then, when};
+use oma_acceptance::SeedJob;
+use serde_json::{json, Value};
+
+use super::WAIT;
+use crate::OmaWorld;
+
+fn next_job_id(world: &mut OmaWorld) -> String {
+    world.vm_counter += 1;
+    format!("job-20251003-140000.{:03}-{}", world.vm_counter, &uuid::Uuid::new_v4().simple().to_string()[..6])
+}
+
+async fn seed(world: &mut OmaWorld, alias: &str, seed: SeedJob) {
+    let names = world.lab().seed_job(&seed).await.unwrap_or_else(|e| panic!("{e:#}"));
+    world.jobs.insert(alias.to_string(), seed.id.clone());
+    world.export_names.insert(alias.to_string(), names);
+}
+
+#[given(regex = r"^there are no active jobs in the database$")]
+async fn no_active_jobs(world: &mut OmaWorld) {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) as active_jobs FROM replication_jobs WHERE status = 'replicating';")
+        .fetch_one(world.lab().pool())
+        .await
+        .expect("query");
+    assert_eq!(n, 0);
+}
+
+#[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago$")]
+async fn seeded_job(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
+    let id = next_job_id(world);
+    let mut job = SeedJob::replicating(&id, pct, minutes);
+    job.status = status;
+    seed(world, "", job).await;
+}
+
+#[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
+async fn seeded_never_polled(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
+    let id = next_job_id(world);
+    let mut job = SeedJob::replicating(&id, pct, minutes);
+    job.status = status;
+    job.last_poll_minutes_ago = None;
+    job.polling_started_minutes_ago = None;
+    seed(world, "", job).await;
+}
+
+#[given(regex = r"^the job's progress last changed (\d+) minutes ago$")]
+async fn progress_changed_ago(world: &mut OmaWorld, minutes: i64) {
+    sqlx::query("UPDATE replication_jobs SET progress_changed_at = NOW(3) - INTERVAL ? MINUTE WHERE id = ?")
+        .bind(minutes)
+        .bind(world.job())
+        .execute(world.lab().pool())
+        .await
+        .expect("update");
+}
+
+#[given(regex = r"^the job's bytes match what the VMA reports$")]
+async fn bytes_match(world: &mut OmaWorld) {
+    let view = world.lab().control.get_job(&world.job()).await.expect("sim job");
+    sqlx::query("UPDATE replication_jobs SET bytes_transferred = ?, progress_percent = ? WHERE id = ?")
+        .bind(view["bytes_transferred"].as_i64().unwrap_or(0))
+        .bind(view["percentage"].as_f64().unwrap_or(0.0))
+        .bind(world.job())
+        .execute(world.lab().pool())
+        .await
+        .expect("update");
+}
+
+#[given(regex = r#"^a failed job whose error was "([^"]*)"$"#)]
+async fn failed_job_with_error(world: &mut OmaWorld, error: String) {
+    let id = next_job_id(world);
+    seed(world, "", SeedJob::replicating(&id, 50.0, 1.0)).await;
+    let fin = oma::db::Finalization::failed(oma::domain::JobStatus::Failed, oma::domain::FailureClass::VmaReportedFailure, error, None, None);
+    oma::db::finalize_job(world.lab().pool(), &id, &fin).await.expect("finalize");
+}
+
+/// Create a job through `POST /api/v1/replications`, as an operator would.
+pub async fn create_replication(world: &mut OmaWorld, vm: &str) -> (u16, Value) {
+    let url = format!("{}/api/v1/replications", world.lab().oma().url());
+    let body = json!({"source_vm": {"id": format!("vmware-{vm}"), "name": vm, "path": format!("/DC1/vm/{vm}"),
+                      "disks": [{"id": "disk-2000", "size_gb": 10, "capacity_bytes": 10737418240u64}]},
+                      "ossea_config_id": 1, "vcenter_host": "vcenter.local", "start_replication": true});
+    let resp = world.lab().http.post(url).json(&body).send().await.expect("POST /api/v1/replications");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[given(regex = r"^a replication job was started through the API$")]
+async fn started_through_api(world: &mut OmaWorld) {
+    world.vm_counter += 1;
+    let vm = format!("QUAD-APP-{:02}", world.vm_counter);
+    let (status, body) = create_replication(world, &vm).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["job_id"].as_str().expect("job_id").to_string();
+    let names: Vec<String> = body["created_volumes"].as_array().expect("volumes").iter().map(|v| v["nbd_export_name"].as_str().unwrap().to_string()).collect();
+    world.jobs.insert(String::new(), id.clone());
+    world.export_names.insert(String::new(), names.clone());
+    // The copy process starts: progress moves 1 % per poll from 15 %.
+    world.lab().vma_job(&id, &names, json!({"mode": "running", "start_percent": 15, "rate_per_poll": 1})).await.expect("sim job");
+}
+
+#[given(regex = r"^the job has reached (\d+)% progress$")]
+async fn reached(world: &mut OmaWorld, pct: f64) {
+    let id = world.job();
+    world
+        .lab()
+        .wait_until(&format!("job {id} to reach {pct}%"), WAIT, || async {
+            let row = world.lab().job(&id).await?;
+            Ok(if row.progress_percent >= pct { Ok(()) } else { Err(format!("{}%", row.progress_percent)) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r#"^the job is "(\w+)"$"#)]
+async fn job_is(world: &mut OmaWorld, status: String) {
+    let id = world.job();
+    if let Err(e) = world.lab().wait_for_status(&id, &status, WAIT).await {
+        panic!("{e:#}\n{}", world.lab().diagnostics(Some(&id)).await);
+    }
+}
+
+#[then(regex = r#"^the job is "(\w+)" with classification "(\w+)"$"#)]
+async fn job_is_classified(world: &mut OmaWorld, status: String, class: String) {
+    job_is(world, status).await;
+    let row = world.lab().job(&world.job()).await.expect("row");
+    assert_eq!(row.vma_error_classification.as_deref(), Some(class.as_str()));
+}
+
+#[then(regex = r#"^the job stays "(\w+)"$"#)]
+async fn job_stays(world: &mut OmaWorld, status: String) {
+    let id = world.job();
+    let interval = world.lab().omas.first().map(|o| o.config.poll_interval).unwrap_or(Duration::from_millis(100));
+    // A stability check needs a window: ten poll intervals.
+    for _ in 0..10 {
+        let row = world.lab().job(&id).await.expect("row");
+        assert_eq!(row.status, status, "job {id} changed: {:?} {:?}", row.vma_error_classification, row.error_message);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn field(row: &oma::db::JobRow, name: &str) -> Value {
+    serde_json::to_value(row).expect("row json").get(name).cloned().unwrap_or_else(|| panic!("replication_jobs has no column {name}"))
+}
+
+#[then(regex = r#"^the job's (\w+) is "([^"]*)"$"#)]
+async fn field_is_text(world: &mut OmaWorld, name: String, expected: String) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    let v = field(&row, &name);
+    assert_eq!(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()), world.expand(&expected), "{name}");
+}
+
+#[then(regex = r"^the job's (\w+) is (\d+(?:\.\d+)?)$")]
+async fn field_is_number(world: &mut OmaWorld, name: String, expected: f64) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    let v = field(&row, &name);
+    assert_eq!(v.as_f64(), Some(expected), "{name} = {v}");
+}
+
+#[then(regex = r"^the job's (\w+) is (set|not set)$")]
+async fn field_is_set(world: &mut OmaWorld, name: String, set: String) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    let v = field(&row, &name);
+    assert_eq!(!v.is_null(), set == "set", "{name} = {v}");
+}
+
+#[then(regex = r#"^the job's error message contains "([^"]*)"$"#)]
+async fn error_contains(world: &mut OmaWorld, text: String) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    let msg = row.error_message.unwrap_or_default();
+    assert!(msg.contains(&text), "error_message = {msg:?}");
+}
+
+#[then(regex = r#"^the recovery metadata shows method "(\w+)"$"#)]
+async fn recovery_metadata(world: &mut OmaWorld, method: String) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    assert!(row.recovery_attempted, "recovery_attempted");
+    assert!(row.recovery_attempted_at.is_some(), "recovery_attempted_at");
+    assert_eq!(row.recovery_method.as_deref(), Some(method.as_str()));
+    if method == "vma_validated" {
+        assert!(row.vma_validated_at.is_some(), "vma_validated_at");
+    }
+}
+
+#[then(regex = r"^the recovery metadata shows polling restarted$")]
+async fn polling_restarted_meta(world: &mut OmaWorld) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    assert!(row.polling_restarted_at.is_some(), "polling_restarted_at is NULL");
+}
+
+#[then(regex = r#"^the VM context is "(\w+)"$"#)]
+async fn context_is(world: &mut OmaWorld, status: String) {
+    let ctx = world.lab().context_of(&world.job()).await.expect("context");
+    assert_eq!(ctx.current_status, status, "{ctx:?}");
+}
+
+#[then(regex = r"^the VM context allows new operations$")]
+async fn context_free(world: &mut OmaWorld) {
+    let ctx = world.lab().context_of(&world.job()).await.expect("context");
+    assert_eq!(ctx.current_job_id, None, "current_job_id still set: {ctx:?}");
+    let vm = ctx.vm_name.clone();
+    let (status, body) = create_replication(world, &vm).await;
+    assert_eq!(status, 201, "a new replication of {vm} was refused: {body}");
+}
+
+#[then(regex = r"^the VM context counts (\d+) successful and (\d+) failed jobs?$")]
+async fn context_counts(world: &mut OmaWorld, ok: i32, failed: i32) {
+    let ctx = world.lab().context_of(&world.job()).await.expect("context");
+    assert_eq!((ctx.successful_jobs, ctx.failed_jobs), (ok, failed), "{ctx:?}");
+    if ok > 0 {
+        assert!(ctx.last_replication_at.is_some(), "last_replication_at");
+        assert!(ctx.last_successful_job_id.is_some(), "last_successful_job_id");
+    }
+}
+
+#[then(regex = r#"^the VM's operation summary says the replication "(\w+)"$"#)]
+async fn operation_summary(world: &mut OmaWorld, status: String) {
+    let ctx = world.lab().context_of(&world.job()).await.expect("context");
+    let summary: Value = serde_json::from_str(ctx.last_operation_summary.as_deref().expect("last_operation_summary")).expect("json");
+    assert_eq!(summary["status"], status.as_str(), "{summary}");
+    assert_eq!(summary["operation_type"], "replication");
+    if status == "failed" {
+        assert!(summary["error_message"].is_string() && summary["actionable_steps"].is_array(), "{summary}");
+    }
+}
+
+/// Start times of GET polls of the scenario's job that sim-vma saw after `since`.
+pub async fn poll_times(world: &OmaWorld, since: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    let journal = world.lab().control.journal(Some(&world.job()), 10_000).await.expect("journal");
+    journal["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["method"] == "GET")
+        .filter_map(|e| e["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)))
+        .filter(|t| *t > since)
+        .collect()
+}
+
+#[then(regex = r"^no polling was started for the job$")]
+async fn no_polling(world: &mut OmaWorld) {
+    let since = world.oma_started_at.expect("OMA started");
+    let interval = world.lab().oma().config.poll_interval;
+    let first = poll_times(world, since).await.len();
+    tokio::time::sleep(interval * 5).await;
+    let later = poll_times(world, since).await.len();
+    assert_eq!(first, later, "the finished job was polled again");
+    let names = world.export_names.get("").map(|n| n.len()).unwrap_or(0);
+    assert!(later <= names + 1, "more requests than one recovery check: {later}");
+    let state = oma::db::polling_state(world.lab().pool(), &world.job()).await.expect("query");
+    assert!(state.is_none_or(|s| !s.is_active), "polling state still active");
+}
+
+#[then(regex = r"^the job is polled again within (\d+) seconds?$")]
+#[when(regex = r"^the job is polled again within (\d+) seconds?$")]
+async fn polled_again(world: &mut OmaWorld, secs: u64) {
+    let since = Utc::now();
+    let label = format!("a poll of {} after {since}", world.job());
+    world
+        .lab()
+        .wait_until(&label, Duration::from_secs(secs), || async {
+            Ok(if poll_times(world, since).await.is_empty() { Err("no poll".to_string()) } else { Ok(()) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^the job's progress is written again within (\d+) seconds?$")]
+async fn written_again(world: &mut OmaWorld, secs: u64) {
+    let id = world.job();
+    let since = Utc::now();
+    world
+        .lab()
+        .wait_until("vma_last_poll_at to move", Duration::from_secs(secs), || async {
+            let row = world.lab().job(&id).await?;
+            Ok(match row.vma_last_poll_at {
+                Some(t) if t > since - chrono::Duration::milliseconds(50) => Ok(()),
+                other => Err(format!("vma_last_poll_at={other:?}")),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^vma_last_poll_at updates every poll interval$")]
+async fn last_poll_updates(world: &mut OmaWorld) {
+    let id = world.job();
+    let interval = world.lab().oma().config.poll_interval;
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        if let Some(t) = world.lab().job(&id).await.expect("row").vma_last_poll_at {
+            if seen.last() != Some(&t) {
+                seen.push(t);
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+    assert!(seen.len() >= 5, "vma_last_poll_at changed only {} times in 12 intervals: {seen:?}", seen.len());
+    let age = (Utc::now() - *seen.last().expect("one value")).to_std().unwrap_or_default();
+    assert!(age < interval * 3 + Duration::from_millis(300), "last poll {age:?} ago");
+}
+
+#[then(regex = r"^progress continues from where it left off$")]
+async fn progress_continues(world: &mut OmaWorld) {
+    let id = world.job();
+    let before = world.before_restart.clone().expect("a snapshot taken when the OMA stopped");
+    world
+        .lab()
+        .wait_until("progress to move past the value before the restart", WAIT, || async {
+            let row = world.lab().job(&id).await?;
+            Ok(if row.progress_percent > before.progress_percent { Ok(()) } else { Err(format!("{}% (before: {}%)", row.progress_percent, before.progress_percent)) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^the job completes successfully$")]
+async fn completes(world: &mut OmaWorld) {
+    let id = world.job();
+    let names = world.export_names.get("").cloned().unwrap_or_default();
+    world.lab().vma_job(&id, &names, json!({"mode": "running", "rate_per_poll": 20})).await.expect("sim");
+    job_is(world, "completed".into()).await;
+    let row = world.lab().job(&id).await.expect("row");
+    assert_eq!(row.progress_percent, 100.0);
+    assert_eq!(row.current_operation.as_deref(), Some("Completed"));
+}
+
+#[then(regex = r"^polling restarted within (\d+) seconds of the OMA start$")]
+async fn restarted_within(world: &mut OmaWorld, secs: i64) {
+    let started = world.oma_started_at.expect("OMA started");
+    let row = world.lab().job(&world.job()).await.expect("row");
+    let restarted = row.polling_restarted_at.expect("polling_restarted_at");
+    let took = restarted - started;
+    assert!(took < chrono::Duration::seconds(secs), "polling restarted {took} after the start");
+}
+
+#[when(regex = r"^polling of the job is stopped through the API$")]
+async fn stop_polling(world: &mut OmaWorld) {
+    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
+    let resp = world.lab().http.delete(url).send().await.expect("DELETE");
+    assert_eq!(resp.status(), 200);
+}
+
+#[when(regex = r"^a job the OMA never polled appears as (\w+) at (\d+)%$")]
+async fn never_polled_appears(world: &mut OmaWorld, status: String, pct: f64) {
+    let id = next_job_id(world);
+    let mut job = SeedJob::replicating(&id, pct, 0.1);
+    job.status = status;
+    job.last_poll_minutes_ago = None;
+    job.polling_started_minutes_ago = None;
+    seed(world, "", job).await;
+    let names = world.export_names.get("").cloned().unwrap_or_default();
+    world.lab().vma_job(&id, &names, json!({"mode": "running", "start_percent": pct})).await.expect("sim");
+}
+
+#[given(regex = r"^(\d+) running jobs? and (\d+) jobs? completed on the VMA$")]
+async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
+    for i in 0..running + completed {
+        let id = next_job_id(world);
+        let alias = if i < running { format!("running-{i}") } else { format!("completed-{i}") };
+        seed(world, &alias, SeedJob::replicating(&id, 30.0, 1.0)).await;
+        let names = world.export_names[&alias].clone();
+        let spec = if i < running { json!({"mode": "running", "start_percent": 30}) } else { json!({"mode": "completed"}) };
+        world.lab().vma_job(&id, &names, spec).await.expect("sim");
+        if i == 0 {
+            world.jobs.insert(String::new(), id.clone());
+            world.export_names.insert(String::new(), names);
+        }
+    }
+}
+
+#[then(regex = r"^every completed job is finalized exactly once$")]
+async fn finalized_once(world: &mut OmaWorld) {
+    let completed: Vec<String> = world.jobs.iter().filter(|(a, _)| a.starts_with("completed-")).map(|(_, id)| id.clone()).collect();
+    for id in &completed {
+        world.lab().wait_for_status(id, "completed", WAIT).await.unwrap_or_else(|e| panic!("{e:#}"));
+        let n: usize = world.lab().omas.iter().map(|o| o.log.count(&format!("Job {id} marked as completed"))).sum();
+        assert_eq!(n, 1, "{id} finalized {n} times");
+    }
+}
+
+#[then(regex = r"^every running job is polled by exactly one process$")]
+async fn running_polled_once(world: &mut OmaWorld) {
+    let running: Vec<String> = world.jobs.iter().filter(|(a, _)| a.starts_with("running-")).map(|(_, id)| id.clone()).collect();
+    let interval = world.lab().oma().config.poll_interval;
+    tokio::time::sleep(interval * 10).await;
+    for id in &running {
+        let stats = world.lab().control.stats(id).await.expect("stats");
+        assert!(stats.polls > 3, "{id} not polled: {stats:?}");
+        assert_eq!(stats.max_in_flight, 1, "{id}: {stats:?}");
+        let state = oma::db::polling_state(world.lab().pool(), id).await.expect("q").expect("polling state");
+        assert!(state.is_active);
+    }
+}

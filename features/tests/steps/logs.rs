@@ -1,0 +1,62 @@
+//! Steps about the OMA's log, in the testing guide's words (`{job}` is the scenario's job id).
+
+use cucumber::then;
+
+use super::WAIT;
+use crate::OmaWorld;
+
+async fn any_oma_logged(world: &OmaWorld, needle: &str) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if world.lab().omas.iter().any(|o| o.log.lines().iter().any(|l| l.contains(needle))) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let tails: Vec<String> = world.lab().omas.iter().map(|o| format!("--- {}:\n{}", o.name, o.log.tail(25))).collect();
+            return Err(format!("no OMA logged {needle:?} within {WAIT:?}\n{}", tails.join("\n")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[then(regex = r#"^the logs show "(.*)"$"#)]
+async fn logs_show(world: &mut OmaWorld, text: String) {
+    let needle = world.expand(&text);
+    if let Err(e) = any_oma_logged(world, &needle).await {
+        panic!("{e}");
+    }
+}
+
+#[then(regex = r#"^the logs do not show "(.*)"$"#)]
+async fn logs_do_not_show(world: &mut OmaWorld, text: String) {
+    let needle = world.expand(&text);
+    for oma in &world.lab().omas {
+        let hits: Vec<String> = oma.log.lines().into_iter().filter(|l| l.contains(&needle)).collect();
+        assert!(hits.is_empty(), "{} logged {needle:?}: {hits:#?}", oma.name);
+    }
+}
+
+#[then(regex = r#"^the recovery summary shows "(.*)"$"#)]
+async fn summary_shows(world: &mut OmaWorld, text: String) {
+    any_oma_logged(world, "Job recovery completed:").await.unwrap_or_else(|e| panic!("{e}"));
+    let needle = world.expand(&text);
+    if let Err(e) = any_oma_logged(world, &needle).await {
+        panic!("{e}");
+    }
+}
+
+#[then(regex = r#"^the logs never contain "(.*)"$"#)]
+async fn never_contain(world: &mut OmaWorld, secret: String) {
+    logs_do_not_show(world, secret).await;
+}
+
+#[then(regex = r"^every log line is JSON$")]
+async fn json_lines(world: &mut OmaWorld) {
+    let oma = world.lab().oma();
+    let lines: Vec<String> = oma.log.lines().into_iter().filter(|l| !l.starts_with("=====")).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+    }
+}

@@ -1,0 +1,107 @@
+//! Steps about the OMA process: start, stop (SIGTERM), kill (SIGKILL), restart, configuration.
+
+use std::time::Duration;
+
+use cucumber::{given, then, when};
+
+use crate::OmaWorld;
+
+pub async fn start_oma(world: &mut OmaWorld) {
+    world.oma_started_at = Some(chrono::Utc::now());
+    let lab = world.lab.as_mut().expect("lab");
+    if lab.omas.is_empty() {
+        let config = world.config.clone().unwrap_or_else(|| lab.oma_config());
+        lab.start_oma_with(config).await.unwrap_or_else(|e| panic!("{e:#}"));
+    } else {
+        lab.oma_mut().start_again().await.unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
+fn config(world: &mut OmaWorld) -> &mut oma_acceptance::OmaConfig {
+    if world.config.is_none() {
+        world.config = Some(world.lab().oma_config());
+    }
+    world.config.as_mut().expect("set above")
+}
+
+#[given(regex = r"^the OMA stall timeout is (\d+) seconds?$")]
+async fn stall_timeout(world: &mut OmaWorld, secs: u64) {
+    config(world).stall_after = Duration::from_secs(secs);
+}
+
+#[given(regex = r"^the OMA polls every (\d+) ms$")]
+async fn poll_interval(world: &mut OmaWorld, ms: u64) {
+    config(world).poll_interval = Duration::from_millis(ms);
+}
+
+#[given(regex = r"^the OMA logs in JSON$")]
+async fn json_logs(world: &mut OmaWorld) {
+    config(world).log_format = "json";
+}
+
+#[given(regex = r"^the health monitor checks every (\d+) ms$")]
+async fn health_interval(world: &mut OmaWorld, ms: u64) {
+    config(world).health_interval = Duration::from_millis(ms);
+}
+
+#[given(regex = r"^the OMA API is running$")]
+#[when(regex = r"^the OMA API (?:is started|starts|is started again)$")]
+async fn oma_starts(world: &mut OmaWorld) {
+    start_oma(world).await;
+}
+
+#[when(regex = r"^the OMA API is stopped$")]
+async fn oma_stopped(world: &mut OmaWorld) {
+    let job = world.jobs.get("").cloned();
+    if let Some(id) = &job {
+        world.before_restart = world.lab().job(id).await.ok();
+    }
+    let code = world.lab_mut().oma_mut().stop().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(code, Some(0), "oma-api must exit cleanly on SIGTERM");
+}
+
+#[when(regex = r"^the OMA API is killed$")]
+async fn oma_killed(world: &mut OmaWorld) {
+    if let Some(id) = world.jobs.get("").cloned() {
+        world.before_restart = world.lab().job(&id).await.ok();
+    }
+    world.lab_mut().oma_mut().kill().await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[when(regex = r"^the OMA API is restarted$")]
+async fn oma_restarted(world: &mut OmaWorld) {
+    // Seeded scenarios stand for jobs a previous OMA left: there is nothing to stop then.
+    let running = world.lab.as_mut().is_some_and(|lab| lab.omas.first_mut().is_some_and(|o| o.is_running()));
+    if running {
+        oma_stopped(world).await;
+    }
+    start_oma(world).await;
+}
+
+#[when(regex = r"^two OMA API processes start at the same time$")]
+async fn two_omas(world: &mut OmaWorld) {
+    world.oma_started_at = Some(chrono::Utc::now());
+    let config = world.config.clone().unwrap_or_else(|| world.lab().oma_config());
+    let name = world.lab().name.clone();
+    let (name_a, name_b) = (format!("{name}-a"), format!("{name}-b"));
+    let a = oma_acceptance::OmaProcess::start(&name_a, config.clone());
+    let b = oma_acceptance::OmaProcess::start(&name_b, config);
+    let (a, b) = tokio::join!(a, b);
+    let lab = world.lab_mut();
+    lab.omas.push(a.unwrap_or_else(|e| panic!("{e:#}")));
+    lab.omas.push(b.unwrap_or_else(|e| panic!("{e:#}")));
+}
+
+#[then(regex = r"^the service starts without errors$")]
+async fn starts_without_errors(world: &mut OmaWorld) {
+    let lab = world.lab_mut();
+    let oma = lab.oma_mut();
+    assert!(oma.is_running(), "oma-api is not running:\n{}", oma.log.tail(20));
+    let errors: Vec<String> = oma.log.lines().into_iter().filter(|l| l.contains(" ERROR ") || l.contains("\"level\":\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "error lines in the log: {errors:#?}");
+}
+
+#[then(regex = r"^the OMA API exits cleanly on SIGTERM$")]
+async fn exits_cleanly(world: &mut OmaWorld) {
+    oma_stopped(world).await;
+}

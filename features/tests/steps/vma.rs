@@ -1,0 +1,123 @@
+//! Steps about the VMA (sim-vma): what it says about the scenario's job, faults, restarts.
+
+use cucumber::{given, then, when};
+use serde_json::json;
+
+use crate::OmaWorld;
+
+async fn set_job(world: &OmaWorld, spec: serde_json::Value) {
+    let id = world.job();
+    let names = world.export_names.get("").cloned().unwrap_or_default();
+    world.lab().vma_job(&id, &names, spec).await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[given(regex = r"^the VMA is running$")]
+async fn vma_running(world: &mut OmaWorld) {
+    let health = world.lab().control.health().await.expect("sim-vma control API");
+    assert_eq!(health["listener_up"], true);
+}
+
+#[given(regex = r"^the VMA is running the job at (\d+(?:\.\d+)?)%$")]
+#[when(regex = r"^the VMA runs the job at (\d+(?:\.\d+)?)%$")]
+async fn vma_runs_at(world: &mut OmaWorld, pct: f64) {
+    set_job(world, json!({"mode": "running", "start_percent": pct})).await;
+}
+
+#[given(regex = r"^the VMA is running the job at (\d+(?:\.\d+)?)% and advancing$")]
+async fn vma_runs_advancing(world: &mut OmaWorld, pct: f64) {
+    set_job(world, json!({"mode": "running", "start_percent": pct, "rate_per_poll": 0.5})).await;
+}
+
+#[given(regex = r#"^the VMA is running the job in phase "([^"]*)" at (\d+)%$"#)]
+async fn vma_runs_phase(world: &mut OmaWorld, phase: String, pct: f64) {
+    set_job(world, json!({"mode": "running", "start_percent": pct, "phases": [phase]})).await;
+}
+
+#[given(regex = r"^the VMA reports the job completed$")]
+#[when(regex = r"^the job completes on the VMA$")]
+async fn vma_completed(world: &mut OmaWorld) {
+    set_job(world, json!({"mode": "completed"})).await;
+}
+
+#[given(regex = r#"^the VMA reports the job failed with "([^"]*)"$"#)]
+#[when(regex = r#"^the job fails on the VMA with "([^"]*)"$"#)]
+async fn vma_failed(world: &mut OmaWorld, message: String) {
+    set_job(world, json!({"mode": "failed", "message": message})).await;
+}
+
+#[given(regex = r"^the VMA does not know the job$")]
+#[when(regex = r"^the VMA forgets the job$")]
+async fn vma_unknown(world: &mut OmaWorld) {
+    let _ = world.lab().control.forget_job(&world.job()).await;
+}
+
+#[given(regex = r#"^the VMA answers HTTP 200 "job not found" for the job$"#)]
+async fn vma_http200(world: &mut OmaWorld) {
+    set_job(world, json!({"mode": "http200_not_found"})).await;
+}
+
+#[given(regex = r"^the VMA does not know the job for (\d+) polls, then runs it at (\d+)%$")]
+async fn vma_late(world: &mut OmaWorld, polls: u64, pct: f64) {
+    set_job(world, json!({"mode": "not_found", "transitions": [{"after_polls": polls, "mode": "running", "start_percent": pct}]})).await;
+}
+
+#[given(regex = r"^the VMA's copy process for the job died at (\d+)%$")]
+async fn vma_stale(world: &mut OmaWorld, pct: f64) {
+    set_job(world, json!({"mode": "running", "start_percent": pct, "transitions": [{"after_polls": 0, "mode": "stale"}]})).await;
+}
+
+#[given(regex = r"^the VMA answers the job slowly, taking (\d+) ms$")]
+async fn vma_slow(world: &mut OmaWorld, ms: u64) {
+    set_job(world, json!({"mode": "slow", "delay": format!("{ms}ms"), "start_percent": 30})).await;
+}
+
+#[given(regex = r"^the VMA is stopped$")]
+#[when(regex = r"^the VMA (?:is stopped|goes down)$")]
+async fn vma_stopped(world: &mut OmaWorld) {
+    world.lab().control.set_faults_json(&json!({"unreachable": {"mode": "refused"}})).await.expect("faults");
+}
+
+#[given(regex = r"^the VMA is unreachable by (refused|blackhole|reset|hang_after_headers)$")]
+async fn vma_unreachable_by(world: &mut OmaWorld, mode: String) {
+    world.lab().control.set_faults_json(&json!({"unreachable": {"mode": mode}})).await.expect("faults");
+}
+
+#[given(regex = r"^the VMA answers every request with status (\d+)$")]
+async fn vma_errors(world: &mut OmaWorld, status: u16) {
+    world.lab().control.set_faults_json(&json!({"error_rate": {"status": status, "probability": 1.0}})).await.expect("faults");
+}
+
+#[when(regex = r"^the VMA is started again$")]
+async fn vma_back(world: &mut OmaWorld) {
+    world.lab().control.clear_faults().await.expect("faults");
+}
+
+#[when(regex = r"^the VMA restarts and forgets every job$")]
+async fn vma_restart(world: &mut OmaWorld) {
+    world.lab().control.restart(None).await.expect("restart");
+}
+
+#[then(regex = r"^the job is still running on the VMA$")]
+async fn still_running_on_vma(world: &mut OmaWorld) {
+    let url = format!("{}/api/v1/progress/{}", world.lab().sim().vma_url(), world.job());
+    let body: serde_json::Value = reqwest::get(url).await.expect("VMA").json().await.expect("json");
+    assert_eq!(body["status"], "in_progress", "{body}");
+    assert!(body["percentage"].as_f64().unwrap_or(0.0) > 0.0, "{body}");
+}
+
+#[then(regex = r"^the job is polled by exactly one poller$")]
+async fn one_poller(world: &mut OmaWorld) {
+    let id = world.job();
+    let stats = world.lab().control.stats(&id).await.expect("stats");
+    assert!(stats.polls > 0, "the job was never polled");
+    assert_eq!(stats.max_in_flight, 1, "more than one request in flight for {id}: {stats:?}");
+    let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
+    // Since the OMA (re)started, every request for the job - recovery's check included - is
+    // about one interval after the previous one: never two pollers, never a burst.
+    let since = world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
+    let recent = crate::steps::jobs::poll_times(world, since).await;
+    assert!(recent.len() >= 5, "only {} polls since {since}", recent.len());
+    let gaps: Vec<f64> = recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    assert!(gaps.iter().all(|g| *g >= interval * 0.5), "polls closer than half an interval ({interval} ms): {gaps:?}");
+    assert!(gaps.iter().all(|g| *g <= interval * 1.6), "polls further apart than 1.6 intervals ({interval} ms): {gaps:?}");
+}
