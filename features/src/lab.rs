@@ -205,20 +205,36 @@ impl Lab {
         let mut out = String::new();
         if let Some(id) = job {
             match self.job(id).await {
-                Ok(row) => out.push_str(&format!("--- job row {id}:\n{}\n", serde_json::to_string_pretty(&row).unwrap_or_default())),
+                Ok(row) => out.push_str(&format!(
+                    "--- job row {id}:\n{}\n",
+                    serde_json::to_string_pretty(&row).unwrap_or_default()
+                )),
                 Err(e) => out.push_str(&format!("--- job row {id}: {e}\n")),
             }
             if let Ok(Some(p)) = oma::db::polling_state(self.pool(), id).await {
-                out.push_str(&format!("--- vma_polling_state {id}:\n{}\n", serde_json::to_string(&p).unwrap_or_default()));
+                out.push_str(&format!(
+                    "--- vma_polling_state {id}:\n{}\n",
+                    serde_json::to_string(&p).unwrap_or_default()
+                ));
             }
             if let Ok(stats) = self.control.stats(id).await {
-                out.push_str(&format!("--- sim-vma stats {id}: {}\n", serde_json::to_string(&stats).unwrap_or_default()));
+                out.push_str(&format!(
+                    "--- sim-vma stats {id}: {}\n",
+                    serde_json::to_string(&stats).unwrap_or_default()
+                ));
             }
         }
         if let Ok(j) = self.control.journal(job, 15).await {
             out.push_str("--- sim-vma journal (last 15):\n");
             for e in j["entries"].as_array().cloned().unwrap_or_default() {
-                out.push_str(&format!("  {} {} {} → {} {}\n", e["at"], e["method"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or(""), e["status"], e["outcome"].as_str().unwrap_or("")));
+                out.push_str(&format!(
+                    "  {} {} {} → {} {}\n",
+                    e["at"],
+                    e["method"].as_str().unwrap_or(""),
+                    e["path"].as_str().unwrap_or(""),
+                    e["status"],
+                    e["outcome"].as_str().unwrap_or("")
+                ));
             }
         }
         for oma in &self.omas {
@@ -249,10 +265,22 @@ impl Lab {
     }
 
     /// Wait until a job's status is `status`.
-    pub async fn wait_for_status(&self, job_id: &str, status: &str, timeout: Duration) -> anyhow::Result<oma::db::JobRow> {
+    pub async fn wait_for_status(
+        &self,
+        job_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<oma::db::JobRow> {
         self.wait_until(&format!("job {job_id} to be {status}"), timeout, || async {
             let row = self.job(job_id).await?;
-            Ok(if row.status == status { Ok(row) } else { Err(format!("status={} progress={} class={:?}", row.status, row.progress_percent, row.vma_error_classification)) })
+            Ok(if row.status == status {
+                Ok(row)
+            } else {
+                Err(format!(
+                    "status={} progress={} class={:?}",
+                    row.status, row.progress_percent, row.vma_error_classification
+                ))
+            })
         })
         .await
     }

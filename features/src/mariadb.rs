@@ -37,7 +37,9 @@ pub async fn server() -> anyhow::Result<&'static Server> {
 async fn provision() -> anyhow::Result<Server> {
     if let Ok(url) = std::env::var("OMA_TEST_DATABASE_URL") {
         let base = strip_database(url.trim());
-        check_connect(&base).await.with_context(|| format!("OMA_TEST_DATABASE_URL={} is not reachable", oma::config::redact_url(&base)))?;
+        check_connect(&base)
+            .await
+            .with_context(|| format!("OMA_TEST_DATABASE_URL={} is not reachable", oma::config::redact_url(&base)))?;
         eprintln!("[harness] MariaDB: existing server from OMA_TEST_DATABASE_URL ({})", oma::config::redact_url(&base));
         return Ok(Server { base_url: base, provenance: Provenance::ExistingUrl });
     }
@@ -122,8 +124,10 @@ pub fn free_port() -> u16 {
 /// Start `mariadbd` on a temporary data directory. A watchdog shell stops it and removes the
 /// directory when this test process exits, however it exits.
 async fn local_mariadbd() -> anyhow::Result<(String, PathBuf)> {
-    let mariadbd = find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| anyhow!("mariadbd not found on PATH or in /usr/sbin"))?;
-    let install = find_binary(&["mariadb-install-db", "mysql_install_db"]).ok_or_else(|| anyhow!("mariadb-install-db not found"))?;
+    let mariadbd =
+        find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| anyhow!("mariadbd not found on PATH or in /usr/sbin"))?;
+    let install = find_binary(&["mariadb-install-db", "mysql_install_db"])
+        .ok_or_else(|| anyhow!("mariadb-install-db not found"))?;
     let root = tempfile::Builder::new().prefix("oma-test-mariadb-").tempdir()?.keep();
     let datadir = root.join("data");
     std::fs::create_dir_all(&datadir)?;
@@ -165,7 +169,10 @@ async fn local_mariadbd() -> anyhow::Result<(String, PathBuf)> {
         args.push("--user=root".into());
     }
     // The watchdog: runs mariadbd, and when our process is gone, stops it and cleans up.
-    let quoted: Vec<String> = std::iter::once(mariadbd.display().to_string()).chain(args).map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+    let quoted: Vec<String> = std::iter::once(mariadbd.display().to_string())
+        .chain(args)
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
     let script = format!(
         "{} & db=$!; while kill -0 {parent} 2>/dev/null && kill -0 $db 2>/dev/null; do sleep 0.5; done; kill $db 2>/dev/null; wait $db; rm -rf '{root}'",
         quoted.join(" "),
@@ -188,7 +195,10 @@ async fn local_mariadbd() -> anyhow::Result<(String, PathBuf)> {
             Err(e) if started.elapsed() > Duration::from_secs(30) => {
                 let log = std::fs::read_to_string(root.join("error.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                bail!("mariadbd did not accept connections within 30s: {e:#}\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                bail!(
+                    "mariadbd did not accept connections within 30s: {e:#}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }

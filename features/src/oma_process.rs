@@ -160,7 +160,10 @@ pub struct OmaProcess {
 impl OmaProcess {
     /// Start a new OMA on a free port and wait until `/health` answers.
     pub async fn start(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
-        let logs = target_dir().parent().map(|p| p.join("acceptance/logs")).unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
+        let logs = target_dir()
+            .parent()
+            .map(|p| p.join("acceptance/logs"))
+            .unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
         std::fs::create_dir_all(&logs).ok();
         let mut process = OmaProcess {
             name: name.to_string(),
@@ -204,7 +207,11 @@ impl OmaProcess {
             }
             _ => Command::new(oma_api_binary().await?),
         };
-        cmd.envs(self.config.env(self.port)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.envs(self.config.env(self.port))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("starting {}", self.name))?;
         self.starts += 1;
         self.last_start = Some(Instant::now());
@@ -268,7 +275,12 @@ impl OmaProcess {
             Ok(status) => Ok(status?.code()),
             Err(_) => {
                 let _ = child.kill().await;
-                bail!("{} did not exit within {:?} after {signal}. Log tail:\n{}", self.name, timeout, self.log.tail(20))
+                bail!(
+                    "{} did not exit within {:?} after {signal}. Log tail:\n{}",
+                    self.name,
+                    timeout,
+                    self.log.tail(20)
+                )
             }
         }
     }
@@ -291,7 +303,11 @@ impl OmaProcess {
                 return Ok(line);
             }
             if Instant::now() > deadline {
-                bail!("{}: no log line containing {needle:?} within {timeout:?}. Log tail:\n{}", self.name, self.log.tail(25));
+                bail!(
+                    "{}: no log line containing {needle:?} within {timeout:?}. Log tail:\n{}",
+                    self.name,
+                    self.log.tail(25)
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -96,9 +96,18 @@ impl OmaWorld {
             }
         }
         const KEY: [&str; 12] = [
-            "Found ", "Recovery decision", "still running on VMA", "Successfully restarted", "completed on VMA",
-            "marked as", "VMA unreachable", "not found on VMA", "VMA reports job failed", "Total processed",
-            "Found job not being polled", "No active jobs found",
+            "Found ",
+            "Recovery decision",
+            "still running on VMA",
+            "Successfully restarted",
+            "completed on VMA",
+            "marked as",
+            "VMA unreachable",
+            "not found on VMA",
+            "VMA reports job failed",
+            "Total processed",
+            "Found job not being polled",
+            "No active jobs found",
         ];
         for oma in &lab.omas {
             for line in oma.log.lines() {
@@ -153,16 +162,27 @@ async fn run() -> bool {
         .after(|_feature, _rule, scenario, finished, world| {
             Box::pin(async move {
                 let Some(world) = world else { return };
-                let failed = matches!(finished, cucumber::event::ScenarioFinished::StepFailed(..) | cucumber::event::ScenarioFinished::BeforeHookFailed(..));
+                let failed = matches!(
+                    finished,
+                    cucumber::event::ScenarioFinished::StepFailed(..)
+                        | cucumber::event::ScenarioFinished::BeforeHookFailed(..)
+                );
                 let evidence = world.collect_evidence().await;
                 if failed {
                     if let Some(lab) = &world.lab {
                         let job = world.jobs.get("").cloned();
-                        eprintln!("\n===== diagnostics for failed scenario {:?} =====\n{}", scenario.name, lab.diagnostics(job.as_deref()).await);
+                        eprintln!(
+                            "\n===== diagnostics for failed scenario {:?} =====\n{}",
+                            scenario.name,
+                            lab.diagnostics(job.as_deref()).await
+                        );
                     }
                 }
                 EVIDENCE.lock().expect("evidence").insert(scenario.name.clone(), evidence);
-                DURATIONS.lock().expect("durations").insert(scenario.name.clone(), world.started.elapsed().as_secs_f64());
+                DURATIONS
+                    .lock()
+                    .expect("durations")
+                    .insert(scenario.name.clone(), world.started.elapsed().as_secs_f64());
                 if let Some(lab) = world.lab.take() {
                     lab.teardown().await;
                 }
@@ -196,5 +216,10 @@ async fn run() -> bool {
 }
 
 fn slug(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect::<String>().chars().take(40).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect::<String>()
+        .chars()
+        .take(40)
+        .collect()
 }

@@ -19,13 +19,22 @@ async fn migrations_run_twice_in_a_row() {
     .fetch_all(lab.pool())
     .await
     .unwrap();
-    for c in ["recovery_attempted", "recovery_attempted_at", "recovery_method", "vma_validated_at", "polling_restarted_at", "vma_last_poll_at", "vm_context_id"] {
+    for c in [
+        "recovery_attempted",
+        "recovery_attempted_at",
+        "recovery_method",
+        "vma_validated_at",
+        "polling_restarted_at",
+        "vma_last_poll_at",
+        "vm_context_id",
+    ] {
         assert!(columns.iter().any(|x| x == c), "missing column {c}: {columns:?}");
     }
-    let tables: Vec<String> = sqlx::query_scalar("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
-        .fetch_all(lab.pool())
-        .await
-        .unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()")
+            .fetch_all(lab.pool())
+            .await
+            .unwrap();
     for t in ["replication_jobs", "vm_replication_contexts", "vm_disks", "ossea_volumes", "vma_polling_state"] {
         assert!(tables.iter().any(|x| x == t), "missing table {t}");
     }
@@ -122,28 +131,62 @@ fn replication_request(vm: &str) -> Value {
 #[tokio::test]
 async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
     let lab = Lab::new("finalization-paths").await.unwrap();
-    // (job, seeded progress, minutes since last contact, VMA behaviour, expected status, class, context status)
-    let cases: Vec<(&str, f64, f64, Value, &str, Option<&str>, &str)> = vec![
-        ("job-done", 60.0, 2.0, json!({"mode": "completed"}), "completed", None, "ready_for_failover"),
-        ("job-assumed", 95.0, 2.0, json!({"mode": "not_found"}), "completed", None, "ready_for_failover"),
-        ("job-vma-failed", 40.0, 2.0, json!({"mode": "failed", "message": "NBD export went away"}), "failed", Some("vma_reported_failure"), "failed"),
-        ("job-lost", 40.0, 2.0, json!({"mode": "not_found"}), "failed", Some("job_lost"), "failed"),
-        ("job-lost-200", 40.0, 2.0, json!({"mode": "http200_not_found"}), "failed", Some("job_lost"), "failed"),
-        ("job-unreachable", 40.0, 45.0, json!({"mode": "error", "status": 503}), "failed", Some("vma_unreachable_timeout"), "failed"),
-        ("job-stalled", 40.0, 45.0, json!({"mode": "running", "start_percent": 40, "transitions": [{"after_polls": 0, "mode": "stale"}]}), "failed", Some("vma_stalled"), "failed"),
+    struct Case {
+        id: &'static str,
+        progress: f64,
+        minutes_since_contact: f64,
+        vma: Value,
+        status: &'static str,
+        class: Option<&'static str>,
+        context_status: &'static str,
+    }
+    let case = |id, progress, minutes_since_contact, vma, status, class, context_status| Case {
+        id,
+        progress,
+        minutes_since_contact,
+        vma,
+        status,
+        class,
+        context_status,
+    };
+    let stalled = json!({"mode": "running", "start_percent": 40, "transitions": [{"after_polls": 0, "mode": "stale"}]});
+    let cases = vec![
+        case("job-done", 60.0, 2.0, json!({"mode": "completed"}), "completed", None, "ready_for_failover"),
+        case("job-assumed", 95.0, 2.0, json!({"mode": "not_found"}), "completed", None, "ready_for_failover"),
+        case(
+            "job-vma-failed",
+            40.0,
+            2.0,
+            json!({"mode": "failed", "message": "NBD export went away"}),
+            "failed",
+            Some("vma_reported_failure"),
+            "failed",
+        ),
+        case("job-lost", 40.0, 2.0, json!({"mode": "not_found"}), "failed", Some("job_lost"), "failed"),
+        case("job-lost-200", 40.0, 2.0, json!({"mode": "http200_not_found"}), "failed", Some("job_lost"), "failed"),
+        case(
+            "job-unreachable",
+            40.0,
+            45.0,
+            json!({"mode": "error", "status": 503}),
+            "failed",
+            Some("vma_unreachable_timeout"),
+            "failed",
+        ),
+        case("job-stalled", 40.0, 45.0, stalled, "failed", Some("vma_stalled"), "failed"),
     ];
-    for (id, pct, minutes, vma, ..) in &cases {
-        let mut seed = SeedJob::replicating(id, *pct, *minutes);
+    for c in &cases {
+        let mut seed = SeedJob::replicating(c.id, c.progress, c.minutes_since_contact);
         seed.bytes_transferred = 4_000_000_000;
         let names = lab.seed_job(&seed).await.unwrap();
-        lab.vma_job(id, &names, vma.clone()).await.unwrap();
-        if *id == "job-stalled" {
+        lab.vma_job(c.id, &names, c.vma.clone()).await.unwrap();
+        if c.id == "job-stalled" {
             // Stale at exactly the row's numbers: the copy process died at 40 %.
-            let job = lab.control.get_job(id).await.unwrap();
+            let job = lab.control.get_job(c.id).await.unwrap();
             assert_eq!(job["percentage"], 40.0);
             sqlx::query("UPDATE replication_jobs SET bytes_transferred = ? WHERE id = ?")
                 .bind(job["bytes_transferred"].as_i64().unwrap())
-                .bind(id)
+                .bind(c.id)
                 .execute(lab.pool())
                 .await
                 .unwrap();
@@ -151,7 +194,7 @@ async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
     }
     let (url, stop, handle) = start_in_process(&lab).await;
     let http = reqwest::Client::new();
-    for (id, _, _, _, status, class, ctx_status) in &cases {
+    for Case { id, status, class, context_status: ctx_status, .. } in &cases {
         let row = lab.wait_for_status(id, status, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(row.vma_error_classification.as_deref(), *class, "{id}");
         assert!(row.completed_at.is_some(), "{id}");
@@ -168,30 +211,43 @@ async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
         } else {
             assert_eq!(ctx.failed_jobs, 1);
         }
-        let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request(&format!("vm-{id}"))).send().await.unwrap();
+        let resp = http
+            .post(format!("{url}/api/v1/replications"))
+            .json(&replication_request(&format!("vm-{id}")))
+            .send()
+            .await
+            .unwrap();
         let code = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap();
         assert_eq!(code, 201, "{id}: a new replication of the VM must be accepted: {body}");
         // And while that one runs, a second is refused.
-        let again = http.post(format!("{url}/api/v1/replications")).json(&replication_request(&format!("vm-{id}"))).send().await.unwrap();
+        let again = http
+            .post(format!("{url}/api/v1/replications"))
+            .json(&replication_request(&format!("vm-{id}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.status().as_u16(), 409, "{id}");
     }
     // A replication the VMA refuses is finalized as replication_failed and frees the VM too.
     lab.control.set_faults_json(&json!({"error_rate": {"status": 500, "probability": 1.0}})).await.unwrap();
-    let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
+    let resp =
+        http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 502);
     lab.control.clear_faults().await.unwrap();
-    let ctx: Option<String> = sqlx::query_scalar("SELECT current_job_id FROM vm_replication_contexts WHERE vm_name = 'vm-refused'")
-        .fetch_one(lab.pool())
-        .await
-        .unwrap();
+    let ctx: Option<String> =
+        sqlx::query_scalar("SELECT current_job_id FROM vm_replication_contexts WHERE vm_name = 'vm-refused'")
+            .fetch_one(lab.pool())
+            .await
+            .unwrap();
     assert_eq!(ctx, None);
     let status: String = sqlx::query_scalar("SELECT status FROM replication_jobs WHERE source_vm_name = 'vm-refused'")
         .fetch_one(lab.pool())
         .await
         .unwrap();
     assert_eq!(status, "replication_failed");
-    let resp = http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
+    let resp =
+        http.post(format!("{url}/api/v1/replications")).json(&replication_request("vm-refused")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 201);
     let _ = stop.send(());
     handle.await.unwrap();
@@ -213,7 +269,13 @@ async fn a_job_is_finalized_exactly_once_with_two_writers() {
     let done = results.iter().filter(|r| matches!(r, oma::db::Finalized::Done { .. })).count();
     assert_eq!(done, 1, "{results:?}");
     // Terminal is absorbing: a failure after completion changes nothing.
-    let fail = oma::db::Finalization::failed(oma::domain::JobStatus::Failed, oma::domain::FailureClass::JobLost, "late".into(), None, None);
+    let fail = oma::db::Finalization::failed(
+        oma::domain::JobStatus::Failed,
+        oma::domain::FailureClass::JobLost,
+        "late".into(),
+        None,
+        None,
+    );
     assert_eq!(oma::db::finalize_job(&pool, "job-race", &fail).await.unwrap(), oma::db::Finalized::AlreadyFinal);
     assert_eq!(lab.job("job-race").await.unwrap().status, "completed");
     lab.teardown().await;

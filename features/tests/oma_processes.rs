@@ -16,7 +16,9 @@ async fn polls_after(lab: &Lab, job: &str, since: DateTime<Utc>) -> Vec<DateTime
         .unwrap()
         .iter()
         .filter(|e| e["path"].as_str().unwrap_or("").starts_with("/api/v1/progress/") && e["method"] == "GET")
-        .filter_map(|e| e["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)))
+        .filter_map(|e| {
+            e["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
+        })
         .filter(|t| *t > since)
         .collect()
 }
@@ -35,7 +37,9 @@ async fn first_poll_after(lab: &Lab, job: &str, since: DateTime<Utc>, timeout: D
 async fn polling_survives_sigterm_and_sigkill_restarts() {
     let mut lab = Lab::new("restarts").await.unwrap();
     let names = lab.seed_job(&SeedJob::replicating("job-run", 30.0, 0.2)).await.unwrap();
-    lab.vma_job("job-run", &names, json!({"mode": "running", "start_percent": 30, "rate_per_poll": 0.05})).await.unwrap();
+    lab.vma_job("job-run", &names, json!({"mode": "running", "start_percent": 30, "rate_per_poll": 0.05}))
+        .await
+        .unwrap();
     lab.start_oma().await.unwrap();
     let interval = lab.oma().config.poll_interval;
     first_poll_after(&lab, "job-run", Utc::now() - chrono::Duration::seconds(60), Duration::from_secs(10)).await;
@@ -63,7 +67,11 @@ async fn polling_survives_sigterm_and_sigkill_restarts() {
         let later = lab
             .wait_until("vma_last_poll_at to advance", Duration::from_secs(5), || async {
                 let row = lab.job("job-run").await?;
-                Ok(if row.vma_last_poll_at > before.vma_last_poll_at { Ok(row) } else { Err(format!("{:?}", row.vma_last_poll_at)) })
+                Ok(if row.vma_last_poll_at > before.vma_last_poll_at {
+                    Ok(row)
+                } else {
+                    Err(format!("{:?}", row.vma_last_poll_at))
+                })
             })
             .await
             .unwrap();
@@ -137,7 +145,10 @@ async fn two_oma_processes_on_one_database_never_double_poll_or_double_finalize(
         assert_eq!(stats.max_in_flight, 1, "{id}: {stats:?}\n{}", lab.diagnostics(Some(id)).await);
         let polls = polls_after(&lab, id, start).await.len();
         let expected = (Duration::from_secs(2).as_secs_f64() / interval.as_secs_f64()) as usize;
-        assert!(polls >= expected / 2 && polls <= expected * 3 / 2 + 2, "{id}: {polls} polls in 2 s, expected about {expected} (one poller)");
+        assert!(
+            polls >= expected / 2 && polls <= expected * 3 / 2 + 2,
+            "{id}: {polls} polls in 2 s, expected about {expected} (one poller)"
+        );
         let owner = oma::db::polling_state(lab.pool(), id).await.unwrap().unwrap();
         assert!(owner.is_active);
     }
@@ -161,7 +172,12 @@ async fn oma_api_migrate_twice_and_config_errors_name_the_variable() {
     let lab = Lab::new("migrate-cli").await.unwrap();
     let bin = oma_acceptance::oma_process::oma_api_binary().await.unwrap();
     for _ in 0..2 {
-        let out = tokio::process::Command::new(&bin).arg("migrate").env("OMA_DATABASE_URL", &lab.db().url).output().await.unwrap();
+        let out = tokio::process::Command::new(&bin)
+            .arg("migrate")
+            .env("OMA_DATABASE_URL", &lab.db().url)
+            .output()
+            .await
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let out = tokio::process::Command::new(&bin)

@@ -48,17 +48,25 @@ fn tag_name(t: &Value) -> String {
     t["name"].as_str().unwrap_or("").trim_start_matches('@').to_string()
 }
 
-pub fn write(out_dir: &Path, evidence: &BTreeMap<String, Vec<String>>, durations: &BTreeMap<String, f64>, wall: Duration) -> anyhow::Result<PathBuf> {
+pub fn write(
+    out_dir: &Path,
+    evidence: &BTreeMap<String, Vec<String>>,
+    durations: &BTreeMap<String, f64>,
+    wall: Duration,
+) -> anyhow::Result<PathBuf> {
     let json_path = out_dir.join("cucumber.json");
     let text = std::fs::read_to_string(&json_path).with_context(|| format!("reading {}", json_path.display()))?;
     let features: Vec<Value> = serde_json::from_str(&text).context("parsing cucumber.json")?;
     let mut scenarios = Vec::new();
     for feature in &features {
         let feature_name = feature["name"].as_str().unwrap_or("").to_string();
-        let feature_tags: Vec<String> = feature["tags"].as_array().map(|a| a.iter().map(tag_name).collect()).unwrap_or_default();
+        let feature_tags: Vec<String> =
+            feature["tags"].as_array().map(|a| a.iter().map(tag_name).collect()).unwrap_or_default();
         for element in feature["elements"].as_array().cloned().unwrap_or_default() {
             let mut tags = feature_tags.clone();
-            tags.extend(element["tags"].as_array().map(|a| a.iter().map(tag_name).collect::<Vec<_>>()).unwrap_or_default());
+            tags.extend(
+                element["tags"].as_array().map(|a| a.iter().map(tag_name).collect::<Vec<_>>()).unwrap_or_default(),
+            );
             let steps = element["steps"]
                 .as_array()
                 .cloned()
@@ -72,18 +80,36 @@ pub fn write(out_dir: &Path, evidence: &BTreeMap<String, Vec<String>>, durations
                     )
                 })
                 .collect();
-            scenarios.push(ScenarioResult { feature: feature_name.clone(), name: element["name"].as_str().unwrap_or("").to_string(), tags, steps });
+            scenarios.push(ScenarioResult {
+                feature: feature_name.clone(),
+                name: element["name"].as_str().unwrap_or("").to_string(),
+                tags,
+                steps,
+            });
         }
     }
     let total = scenarios.len();
     let passed = scenarios.iter().filter(|s| s.passed()).count();
-    let missing: Vec<&str> = GUIDE_CASES.iter().filter(|(tag, _)| !scenarios.iter().any(|s| s.tags.iter().any(|t| t == tag))).map(|(t, _)| *t).collect();
+    let missing: Vec<&str> = GUIDE_CASES
+        .iter()
+        .filter(|(tag, _)| !scenarios.iter().any(|s| s.tags.iter().any(|t| t == tag)))
+        .map(|(t, _)| *t)
+        .collect();
     let overall = passed == total && missing.is_empty() && total > 0;
 
     let mut md = String::new();
     writeln!(md, "# QC sign-off: OMA job recovery (oma-api {})\n", env!("CARGO_PKG_VERSION"))?;
-    writeln!(md, "Generated {} by the acceptance suite (`cargo test`), against real MariaDB, sim-vma and `oma-api` processes.\n", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"))?;
-    writeln!(md, "**Overall: {}** — {passed} of {total} scenarios passed; suite wall time {:.1} s.\n", if overall { "PASS" } else { "FAIL" }, wall.as_secs_f64())?;
+    writeln!(
+        md,
+        "Generated {} by the acceptance suite (`cargo test`), against real MariaDB, sim-vma and `oma-api` processes.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+    )?;
+    writeln!(
+        md,
+        "**Overall: {}** — {passed} of {total} scenarios passed; suite wall time {:.1} s.\n",
+        if overall { "PASS" } else { "FAIL" },
+        wall.as_secs_f64()
+    )?;
     if !missing.is_empty() {
         writeln!(md, "**Missing guide cases:** {}\n", missing.join(", "))?;
     }
@@ -92,7 +118,13 @@ pub fn write(out_dir: &Path, evidence: &BTreeMap<String, Vec<String>>, durations
     writeln!(md, "|---|---|---|---|")?;
     for (tag, title) in GUIDE_CASES {
         match scenarios.iter().find(|s| s.tags.iter().any(|t| t == tag)) {
-            Some(s) => writeln!(md, "| {title} | {} | {} | {:.1} s |", mark(s.passed()), s.name, durations.get(&s.name).copied().unwrap_or(0.0))?,
+            Some(s) => writeln!(
+                md,
+                "| {title} | {} | {} | {:.1} s |",
+                mark(s.passed()),
+                s.name,
+                durations.get(&s.name).copied().unwrap_or(0.0)
+            )?,
             None => writeln!(md, "| {title} | ❌ MISSING | — | — |")?,
         }
     }
@@ -128,7 +160,14 @@ pub fn write(out_dir: &Path, evidence: &BTreeMap<String, Vec<String>>, durations
         writeln!(md, "| Result | Scenario | Tags | Time |")?;
         writeln!(md, "|---|---|---|---|")?;
         for s in list {
-            writeln!(md, "| {} | {} | {} | {:.1} s |", mark(s.passed()), s.name, s.tags.join(" "), durations.get(&s.name).copied().unwrap_or(0.0))?;
+            writeln!(
+                md,
+                "| {} | {} | {} | {:.1} s |",
+                mark(s.passed()),
+                s.name,
+                s.tags.join(" "),
+                durations.get(&s.name).copied().unwrap_or(0.0)
+            )?;
         }
     }
     let path = out_dir.join("signoff.md");

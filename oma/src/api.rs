@@ -87,7 +87,12 @@ async fn health(State(state): State<AppState>) -> Response {
     let (code, status, database, reason) = match ping {
         Ok(Ok(_)) => (StatusCode::OK, "healthy", "connected", None),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unreachable", Some(e.to_string())),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unreachable", Some("database ping timed out after 2s".into())),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy",
+            "unreachable",
+            Some("database ping timed out after 2s".into()),
+        ),
     };
     let mut body = json!({
         "service": "OMA API",
@@ -106,10 +111,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.shared.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.shared.metrics.render())
         .into_response()
 }
 
@@ -124,7 +126,9 @@ async fn create(State(state): State<AppState>, body: axum::body::Bytes) -> Resul
             "VM has active replication job",
             format!("job {job_id} is still active for this VM"),
         )),
-        Err(CreateError::VmaRefused(msg)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "VMA refused replication", msg)),
+        Err(CreateError::VmaRefused(msg)) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "VMA refused replication", msg))
+        }
         Err(CreateError::Database(e)) => Err(e.into()),
     }
 }
@@ -245,19 +249,23 @@ struct TriggerQuery {
 async fn recovery_trigger(State(state): State<AppState>, Query(q): Query<TriggerQuery>) -> Result<Response, ApiError> {
     let dry_run = q.dry_run.unwrap_or(false);
     info!(dry_run, "Manual job recovery triggered via API");
-    match run_recovery(&state.shared, &state.poller, &state.recovery, "manual", dry_run, Duration::from_secs(5)).await? {
+    match run_recovery(&state.shared, &state.poller, &state.recovery, "manual", dry_run, Duration::from_secs(5)).await?
+    {
         Some(report) => {
             info!("{}", report.summary.log_text());
             Ok(Json(report).into_response())
         }
-        None => Err(ApiError::new(StatusCode::CONFLICT, "Recovery already running", "another recovery scan is in progress")),
+        None => {
+            Err(ApiError::new(StatusCode::CONFLICT, "Recovery already running", "another recovery scan is in progress"))
+        }
     }
 }
 
 async fn polling_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.poller.status();
     let (total, ok) = state.poller.totals();
-    let vma_healthy = tokio::time::timeout(Duration::from_secs(2), state.shared.vma.is_healthy()).await.unwrap_or(false);
+    let vma_healthy =
+        tokio::time::timeout(Duration::from_secs(2), state.shared.vma.is_healthy()).await.unwrap_or(false);
     Ok(Json(json!({
         "is_running": true,
         "instance_id": state.shared.instance_id,
@@ -277,7 +285,11 @@ async fn polling_job(State(state): State<AppState>, Path(job_id): Path<String>) 
     let memory = state.poller.job_status(&job_id);
     let row = db::polling_state(&state.shared.pool, &job_id).await?;
     if memory.is_none() && row.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "Job not polled", format!("no polling state for job {job_id}")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Job not polled",
+            format!("no polling state for job {job_id}"),
+        ));
     }
     Ok(Json(json!({
         "job_id": job_id,
@@ -294,7 +306,11 @@ async fn stop_polling_job(State(state): State<AppState>, Path(job_id): Path<Stri
     let was_tracked = state.poller.untrack(&job_id);
     let released = db::release_polling(&state.shared.pool, &job_id, None).await?;
     if !was_tracked && !released {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "Job not polled", format!("job {job_id} is not being polled")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Job not polled",
+            format!("job {job_id} is not being polled"),
+        ));
     }
     info!(job_id = %job_id, "Polling stopped for job by API request");
     Ok(Json(json!({"job_id": job_id, "stopped": true})).into_response())

@@ -68,8 +68,12 @@ impl Outcome {
 pub fn describe(decision: &Decision) -> String {
     match decision {
         Decision::Keep { reason: KeepReason::Running, .. } => "keep polling (running on VMA)".into(),
-        Decision::Keep { reason: KeepReason::NotFoundWithinGrace, .. } => "keep polling (not found, within grace)".into(),
-        Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => "leave for retry (VMA unreachable, job recent)".into(),
+        Decision::Keep { reason: KeepReason::NotFoundWithinGrace, .. } => {
+            "keep polling (not found, within grace)".into()
+        }
+        Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => {
+            "leave for retry (VMA unreachable, job recent)".into()
+        }
         Decision::Complete { assumed: false, .. } => "mark completed".into(),
         Decision::Complete { assumed: true, .. } => "mark completed (assumed: not found above threshold)".into(),
         Decision::Fail { class, .. } => format!("mark failed ({})", class.as_str()),
@@ -189,10 +193,9 @@ async fn apply_decision(
         KeepReason::NotFoundWithinGrace => {
             info!("⏳ Job {} not found on VMA yet - within grace period, polling continues", job.id)
         }
-        KeepReason::UnreachableRecent => warn!(
-            "⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry",
-            job.id, minutes
-        ),
+        KeepReason::UnreachableRecent => {
+            warn!("⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry", job.id, minutes)
+        }
     }
     let mut claimed = false;
     if let Some(poller) = poller {

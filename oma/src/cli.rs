@@ -179,10 +179,8 @@ async fn status_cmd(shared: &Shared, max_age: Duration, json_out: bool) -> anyho
     let counts = db::job_counts(&shared.pool).await?;
     let now = shared.clock.now();
     let jobs = db::load_unfinished(&shared.pool, None).await?;
-    let stagnant = jobs
-        .iter()
-        .filter(|j| minutes_since(now, j.facts().last_contact()) * 60.0 > max_age.as_secs_f64())
-        .count();
+    let stagnant =
+        jobs.iter().filter(|j| minutes_since(now, j.facts().last_contact()) * 60.0 > max_age.as_secs_f64()).count();
     let orphaned = counts.unfinished - counts.polled_by_live_owner;
     if json_out {
         println!(
@@ -258,9 +256,18 @@ mod tests {
     #[test]
     fn original_spelling_is_accepted() {
         assert_eq!(norm(&["job-recovery", "-action=scan"]), vec!["job-recovery", "scan"]);
-        assert_eq!(norm(&["job-recovery", "-action=recover", "-dry-run=true"]), vec!["job-recovery", "recover", "--dry-run"]);
-        assert_eq!(norm(&["job-recovery", "-action", "status", "-max-age=45"]), vec!["job-recovery", "status", "--max-age=45"]);
-        assert_eq!(norm(&["job-recovery", "recover", "--dry-run", "--json"]), vec!["job-recovery", "recover", "--dry-run", "--json"]);
+        assert_eq!(
+            norm(&["job-recovery", "-action=recover", "-dry-run=true"]),
+            vec!["job-recovery", "recover", "--dry-run"]
+        );
+        assert_eq!(
+            norm(&["job-recovery", "-action", "status", "-max-age=45"]),
+            vec!["job-recovery", "status", "--max-age=45"]
+        );
+        assert_eq!(
+            norm(&["job-recovery", "recover", "--dry-run", "--json"]),
+            vec!["job-recovery", "recover", "--dry-run", "--json"]
+        );
     }
 
     #[test]

@@ -222,18 +222,15 @@ impl ServeArgs {
             value: self.listen.clone(),
             reason: format!("{e} (use host:port, e.g. 127.0.0.1:8082)"),
         })?;
-        let threshold: f64 = self
-            .not_found_complete_above
-            .trim()
-            .parse()
-            .ok()
-            .filter(|v: &f64| (0.0..=100.0).contains(v))
-            .ok_or_else(|| ConfigError {
-                variable: "OMA_NOT_FOUND_COMPLETE_ABOVE",
-                flag: "not-found-complete-above",
-                value: self.not_found_complete_above.clone(),
-                reason: "must be a percentage between 0 and 100".into(),
-            })?;
+        let threshold: f64 =
+            self.not_found_complete_above.trim().parse().ok().filter(|v: &f64| (0.0..=100.0).contains(v)).ok_or_else(
+                || ConfigError {
+                    variable: "OMA_NOT_FOUND_COMPLETE_ABOVE",
+                    flag: "not-found-complete-above",
+                    value: self.not_found_complete_above.clone(),
+                    reason: "must be a percentage between 0 and 100".into(),
+                },
+            )?;
         let log_format = match self.log_format.trim().to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -271,7 +268,11 @@ impl ServeArgs {
             stall_after: duration("OMA_STALL_AFTER", "stall-after", &self.stall_after)?,
             log_format,
             instance_id,
-            recovery_concurrency: positive("OMA_RECOVERY_CONCURRENCY", "recovery-concurrency", &self.recovery_concurrency)?,
+            recovery_concurrency: positive(
+                "OMA_RECOVERY_CONCURRENCY",
+                "recovery-concurrency",
+                &self.recovery_concurrency,
+            )?,
             poll_concurrency: positive("OMA_POLL_CONCURRENCY", "poll-concurrency", &self.poll_concurrency)?,
             db_max_connections: positive("OMA_DB_MAX_CONNECTIONS", "db-max-connections", &self.db_max_connections)?,
         })

@@ -96,7 +96,11 @@ pub async fn get_job(pool: &MySqlPool, id: &str) -> Result<Option<JobRow>, sqlx:
         .await
 }
 
-pub async fn recent_jobs_for_context(pool: &MySqlPool, context_id: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+pub async fn recent_jobs_for_context(
+    pool: &MySqlPool,
+    context_id: &str,
+    limit: i64,
+) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {JOB_COLUMNS} FROM replication_jobs WHERE vm_context_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
     ))
@@ -263,7 +267,11 @@ pub async fn record_keep(
     Ok(qb.build().execute(pool).await?.rows_affected() == 1)
 }
 
-fn push_progress_sets(sets: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, p: &VmaProgress, changed: bool) {
+fn push_progress_sets(
+    sets: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
+    p: &VmaProgress,
+    changed: bool,
+) {
     let transfer = p.phase.eq_ignore_ascii_case("transfer");
     sets.push("status = 'replicating'");
     sets.push("progress_percent = IF(");
@@ -489,7 +497,14 @@ pub struct Finalization {
 
 impl Finalization {
     pub fn completed(progress: Option<VmaProgress>, recovery: Option<RecoveryMark>) -> Finalization {
-        Finalization { status: JobStatus::Completed, progress, error_message: None, class: None, details: None, recovery }
+        Finalization {
+            status: JobStatus::Completed,
+            progress,
+            error_message: None,
+            class: None,
+            details: None,
+            recovery,
+        }
     }
 
     pub fn failed(
@@ -506,7 +521,9 @@ impl Finalization {
 /// What finalization did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finalized {
-    Done { context_id: Option<String> },
+    Done {
+        context_id: Option<String>,
+    },
     /// The job was no longer unfinished: another writer finalized it first.
     AlreadyFinal,
 }
@@ -636,12 +653,7 @@ async fn recompute_context(
          c.last_status_change = NOW(3), c.updated_at = NOW(3) \
          WHERE c.context_id = ?"
     );
-    sqlx::query(&sql)
-        .bind(fin.status.as_str())
-        .bind(summary)
-        .bind(context_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(&sql).bind(fin.status.as_str()).bind(summary).bind(context_id).execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -31,12 +31,8 @@ pub const ACTIVE_STATUSES: [JobStatus; 7] = [
 ];
 
 /// Terminal statuses are absorbing: no code path moves a job out of one.
-pub const TERMINAL_STATUSES: [JobStatus; 4] = [
-    JobStatus::Completed,
-    JobStatus::Failed,
-    JobStatus::ReplicationFailed,
-    JobStatus::Cancelled,
-];
+pub const TERMINAL_STATUSES: [JobStatus; 4] =
+    [JobStatus::Completed, JobStatus::Failed, JobStatus::ReplicationFailed, JobStatus::Cancelled];
 
 impl JobStatus {
     pub fn as_str(self) -> &'static str {
@@ -96,11 +92,7 @@ impl std::fmt::Display for JobStatus {
 
 /// `'initializing','analyzing',…` for `status IN (…)` clauses. Constant text, never user input.
 pub fn active_status_sql_list() -> String {
-    ACTIVE_STATUSES
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect::<Vec<_>>()
-        .join(",")
+    ACTIVE_STATUSES.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",")
 }
 
 /// Why a job was failed: stored in `vma_error_classification`.

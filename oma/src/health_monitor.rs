@@ -73,11 +73,14 @@ impl HealthMonitor {
         tick.orphaned = orphans.len();
         shared.metrics.drift.set(orphans.len() as i64);
         let poller = &self.poller;
-        let outcomes: Vec<Outcome> = futures::stream::iter(orphans)
-            .map(|job| async move { reconcile_job(shared, Some(poller), &job, Caller::HealthMonitor, false).await.outcome })
-            .buffer_unordered(shared.settings.recovery_concurrency.max(1))
-            .collect()
-            .await;
+        let outcomes: Vec<Outcome> =
+            futures::stream::iter(orphans)
+                .map(|job| async move {
+                    reconcile_job(shared, Some(poller), &job, Caller::HealthMonitor, false).await.outcome
+                })
+                .buffer_unordered(shared.settings.recovery_concurrency.max(1))
+                .collect()
+                .await;
         for outcome in &outcomes {
             match outcome {
                 Outcome::PollingRestarted | Outcome::NotFoundWithinGrace | Outcome::UnreachableLeftForRetry => {
@@ -108,10 +111,7 @@ impl HealthMonitor {
     pub async fn run(self, cancel: CancellationToken) {
         let every = self.shared.settings.health_interval;
         info!("🏥 Starting VMA polling health monitor for continuous job monitoring");
-        info!(
-            "✅ Health monitor started - will check for orphaned jobs every {}",
-            humantime::format_duration(every)
-        );
+        info!("✅ Health monitor started - will check for orphaned jobs every {}", humantime::format_duration(every));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {

@@ -37,8 +37,16 @@ impl Metrics {
         registry.register("recoveries", "Recovery decisions applied, by outcome", recoveries.clone());
         registry.register("vma_polls", "VMA progress polls, by result", polls.clone());
         registry.register("pollers_active", "Jobs this process is polling", pollers_active.clone());
-        registry.register("orphans_reattached", "Unpolled jobs the health monitor re-attached", orphans_reattached.clone());
-        registry.register("polling_drift", "Unfinished jobs no live poller owned at the last health check", drift.clone());
+        registry.register(
+            "orphans_reattached",
+            "Unpolled jobs the health monitor re-attached",
+            orphans_reattached.clone(),
+        );
+        registry.register(
+            "polling_drift",
+            "Unfinished jobs no live poller owned at the last health check",
+            drift.clone(),
+        );
         registry.register("job_finalizations", "Jobs finalized, by final status", finalizations.clone());
         Metrics { registry, recoveries, polls, pollers_active, orphans_reattached, drift, finalizations }
     }

@@ -253,7 +253,11 @@ impl Poller {
                         progress: progress.clone(),
                         progress_changed: *progress_changed,
                     }));
-                    let _ = self.inner.writes.send(WriteMsg::Stat(PollStat { job_id: job_id.clone(), ok: true, error: None }));
+                    let _ = self.inner.writes.send(WriteMsg::Stat(PollStat {
+                        job_id: job_id.clone(),
+                        ok: true,
+                        error: None,
+                    }));
                 }
                 self.finish(&job_id, true);
             }
@@ -271,12 +275,24 @@ impl Poller {
                     t.last_result = result;
                     t.last_error = Some(error.clone());
                 });
-                let _ = self.inner.writes.send(WriteMsg::Stat(PollStat { job_id: job_id.clone(), ok: false, error: Some(error) }));
+                let _ = self.inner.writes.send(WriteMsg::Stat(PollStat {
+                    job_id: job_id.clone(),
+                    ok: false,
+                    error: Some(error),
+                }));
                 self.finish(&job_id, false);
             }
             final_decision => {
-                finalize(shared, Some(self), &job_id, facts.progress_percent, &observation, final_decision, Caller::Poller)
-                    .await;
+                finalize(
+                    shared,
+                    Some(self),
+                    &job_id,
+                    facts.progress_percent,
+                    &observation,
+                    final_decision,
+                    Caller::Poller,
+                )
+                .await;
             }
         }
     }
@@ -350,9 +366,12 @@ impl Poller {
             }
         }
         self.inner.tasks.close();
-        if tokio::time::timeout(self.inner.shared.settings.vma_timeout + Duration::from_secs(1), self.inner.tasks.wait())
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            self.inner.shared.settings.vma_timeout + Duration::from_secs(1),
+            self.inner.tasks.wait(),
+        )
+        .await
+        .is_err()
         {
             warn!("VMA poller stopped with polls still in flight");
         }

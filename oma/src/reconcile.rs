@@ -69,16 +69,9 @@ pub enum Decision {
         progress_changed: bool,
     },
     /// Finalize as completed. `assumed` when the VMA no longer knows the job.
-    Complete {
-        assumed: bool,
-        progress: Option<VmaProgress>,
-    },
+    Complete { assumed: bool, progress: Option<VmaProgress> },
     /// Finalize as failed.
-    Fail {
-        class: FailureClass,
-        message: String,
-        details: Option<String>,
-    },
+    Fail { class: FailureClass, message: String, details: Option<String> },
 }
 
 impl Decision {
@@ -101,10 +94,7 @@ pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg
         Observation::Running(progress) => {
             let changed = progress.bytes_transferred != job.bytes_transferred
                 || (progress.percentage - job.progress_percent).abs() > f64::EPSILON;
-            let unchanged_since = job
-                .progress_changed_at
-                .or(job.vma_last_poll_at)
-                .unwrap_or(job.updated_at);
+            let unchanged_since = job.progress_changed_at.or(job.vma_last_poll_at).unwrap_or(job.updated_at);
             if !changed
                 && progress.phase.eq_ignore_ascii_case("transfer")
                 && age(now, unchanged_since) >= cfg.stall_after
@@ -122,16 +112,9 @@ pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg
                     )),
                 };
             }
-            Decision::Keep {
-                reason: KeepReason::Running,
-                progress: Some(progress.clone()),
-                progress_changed: changed,
-            }
+            Decision::Keep { reason: KeepReason::Running, progress: Some(progress.clone()), progress_changed: changed }
         }
-        Observation::Completed(progress) => Decision::Complete {
-            assumed: false,
-            progress: Some(progress.clone()),
-        },
+        Observation::Completed(progress) => Decision::Complete { assumed: false, progress: Some(progress.clone()) },
         Observation::Failed { message, progress } => Decision::Fail {
             class: FailureClass::VmaReportedFailure,
             message: message.clone(),
@@ -147,24 +130,12 @@ pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg
             ),
         },
         Observation::NotFound { http200 } => {
-            let polling_young = job
-                .polling_started_at
-                .is_some_and(|started| age(now, started) < cfg.poll_grace);
-            let setup_young = job
-                .status
-                .setup_grace()
-                .is_some_and(|grace| age(now, job.updated_at) < grace);
+            let polling_young = job.polling_started_at.is_some_and(|started| age(now, started) < cfg.poll_grace);
+            let setup_young = job.status.setup_grace().is_some_and(|grace| age(now, job.updated_at) < grace);
             if polling_young || setup_young {
-                Decision::Keep {
-                    reason: KeepReason::NotFoundWithinGrace,
-                    progress: None,
-                    progress_changed: false,
-                }
+                Decision::Keep { reason: KeepReason::NotFoundWithinGrace, progress: None, progress_changed: false }
             } else if job.progress_percent > cfg.not_found_complete_above {
-                Decision::Complete {
-                    assumed: true,
-                    progress: None,
-                }
+                Decision::Complete { assumed: true, progress: None }
             } else {
                 Decision::Fail {
                     class: FailureClass::JobLost,
@@ -183,11 +154,7 @@ pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg
         Observation::Unavailable { kind, detail } => {
             let last_contact = job.last_contact();
             if age(now, last_contact) <= cfg.recovery_max_age {
-                Decision::Keep {
-                    reason: KeepReason::UnreachableRecent,
-                    progress: None,
-                    progress_changed: false,
-                }
+                Decision::Keep { reason: KeepReason::UnreachableRecent, progress: None, progress_changed: false }
             } else {
                 Decision::Fail {
                     class: FailureClass::VmaUnreachableTimeout,
@@ -244,10 +211,7 @@ mod tests {
     }
 
     fn unavailable() -> Observation {
-        Observation::Unavailable {
-            kind: UnavailableKind::ConnectionRefused,
-            detail: "refused".into(),
-        }
+        Observation::Unavailable { kind: UnavailableKind::ConnectionRefused, detail: "refused".into() }
     }
 
     /// Table helper: the decision's shape as a short word.
@@ -266,19 +230,38 @@ mod tests {
 
     #[test]
     fn running_keeps_polling_and_writes_progress() {
-        check(job(JobStatus::Replicating, 30.0), Observation::Running(progress("in_progress", "Transfer", 31.0, 2000)), "keep:running");
-        check(job(JobStatus::Initializing, 0.0), Observation::Running(progress("Queued", "Discover", 0.0, 0)), "keep:running");
+        check(
+            job(JobStatus::Replicating, 30.0),
+            Observation::Running(progress("in_progress", "Transfer", 31.0, 2000)),
+            "keep:running",
+        );
+        check(
+            job(JobStatus::Initializing, 0.0),
+            Observation::Running(progress("Queued", "Discover", 0.0, 0)),
+            "keep:running",
+        );
     }
 
     #[test]
     fn completed_finalizes_whatever_the_row_says() {
-        check(job(JobStatus::Replicating, 12.0), Observation::Completed(progress("completed", "Transfer", 100.0, 5000)), "complete");
-        check(job(JobStatus::Replicating, 12.0), Observation::Completed(progress("Succeeded", "Finalize", 100.0, 5000)), "complete");
+        check(
+            job(JobStatus::Replicating, 12.0),
+            Observation::Completed(progress("completed", "Transfer", 100.0, 5000)),
+            "complete",
+        );
+        check(
+            job(JobStatus::Replicating, 12.0),
+            Observation::Completed(progress("Succeeded", "Finalize", 100.0, 5000)),
+            "complete",
+        );
     }
 
     #[test]
     fn failed_on_vma_keeps_the_vma_message() {
-        let obs = Observation::Failed { message: "NBD connection refused".into(), progress: progress("failed", "Transfer", 40.0, 10) };
+        let obs = Observation::Failed {
+            message: "NBD connection refused".into(),
+            progress: progress("failed", "Transfer", 40.0, 10),
+        };
         check(job(JobStatus::Replicating, 40.0), obs.clone(), "fail:vma_reported_failure");
         match decide(&job(JobStatus::Replicating, 40.0), &obs, now(), &ReconcileConfig::default()) {
             Decision::Fail { message, .. } => assert_eq!(message, "NBD connection refused"),
@@ -312,7 +295,9 @@ mod tests {
     #[test]
     fn not_found_respects_each_setup_status_grace() {
         let nf = Observation::NotFound { http200: false };
-        for (status, grace_minutes) in [(JobStatus::Initializing, 5), (JobStatus::Attaching, 5), (JobStatus::ReadyForSync, 2)] {
+        for (status, grace_minutes) in
+            [(JobStatus::Initializing, 5), (JobStatus::Attaching, 5), (JobStatus::ReadyForSync, 2)]
+        {
             let mut j = job(status, 0.0);
             j.polling_started_at = None;
             j.updated_at = now() - mins(grace_minutes) + secs(1);
@@ -382,11 +367,21 @@ mod tests {
     #[test]
     fn running_reports_whether_progress_changed() {
         let j = job(JobStatus::Replicating, 40.0);
-        match decide(&j, &Observation::Running(progress("in_progress", "Transfer", 40.0, 1000)), now(), &ReconcileConfig::default()) {
+        match decide(
+            &j,
+            &Observation::Running(progress("in_progress", "Transfer", 40.0, 1000)),
+            now(),
+            &ReconcileConfig::default(),
+        ) {
             Decision::Keep { progress_changed, .. } => assert!(!progress_changed),
             other => panic!("{other:?}"),
         }
-        match decide(&j, &Observation::Running(progress("in_progress", "Transfer", 41.0, 2000)), now(), &ReconcileConfig::default()) {
+        match decide(
+            &j,
+            &Observation::Running(progress("in_progress", "Transfer", 41.0, 2000)),
+            now(),
+            &ReconcileConfig::default(),
+        ) {
             Decision::Keep { progress_changed, .. } => assert!(progress_changed),
             other => panic!("{other:?}"),
         }

@@ -158,11 +158,16 @@ pub fn new_tracker() -> RecoveryTracker {
 
 /// Reconcile every unfinished job not being polled by a live poller. With a poller, running
 /// jobs are claimed and tracked; without (CLI), they are recorded for the OMA to pick up.
-pub async fn scan(shared: &Shared, poller: Option<&Poller>, caller: Caller, dry_run: bool) -> Result<ScanReport, sqlx::Error> {
+pub async fn scan(
+    shared: &Shared,
+    poller: Option<&Poller>,
+    caller: Caller,
+    dry_run: bool,
+) -> Result<ScanReport, sqlx::Error> {
     let jobs = db::load_unfinished(&shared.pool, None).await?;
-    let (todo, skipped): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|j| {
-        !(j.owned_elsewhere(&shared.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id)))
-    });
+    let (todo, skipped): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .partition(|j| !(j.owned_elsewhere(&shared.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id))));
     let skipped_being_polled: Vec<String> = skipped.into_iter().map(|j| j.id).collect();
     if todo.is_empty() {
         info!("✅ No active jobs found - system is clean");
@@ -200,10 +205,7 @@ pub async fn with_recovery_lock<T>(
         return Ok(None);
     }
     let out = f.await;
-    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)")
-        .bind(RECOVERY_LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
+    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)").bind(RECOVERY_LOCK).fetch_one(&mut *conn).await?;
     Ok(Some(out))
 }
 

@@ -84,11 +84,15 @@ pub struct MigrationStartResult {
 
 impl CreateMigrationRequest {
     pub fn validate(&self) -> Result<(), CreateError> {
-        let missing: Vec<&str> = [("source_vm.id", &self.source_vm.id), ("source_vm.name", &self.source_vm.name), ("source_vm.path", &self.source_vm.path)]
-            .into_iter()
-            .filter(|(_, v)| v.trim().is_empty())
-            .map(|(k, _)| k)
-            .collect();
+        let missing: Vec<&str> = [
+            ("source_vm.id", &self.source_vm.id),
+            ("source_vm.name", &self.source_vm.name),
+            ("source_vm.path", &self.source_vm.path),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.trim().is_empty())
+        .map(|(k, _)| k)
+        .collect();
         if !missing.is_empty() {
             return Err(CreateError::Invalid(format!("required fields missing: {}", missing.join(", "))));
         }
@@ -97,7 +101,9 @@ impl CreateMigrationRequest {
         }
         if let Some(t) = &self.replication_type {
             if t != "initial" && t != "incremental" {
-                return Err(CreateError::Invalid(format!("replication_type must be initial or incremental, not {t:?}")));
+                return Err(CreateError::Invalid(format!(
+                    "replication_type must be initial or incremental, not {t:?}"
+                )));
             }
         }
         if self.source_vm.name.len() > 200 || self.source_vm.id.len() > 255 || self.source_vm.path.len() > 500 {
@@ -258,7 +264,13 @@ pub async fn create_replication(
     };
     if let Err(e) = shared.vma.replicate(&request_body).await {
         warn!(job_id = %job_id, "VMA /replicate failed: {e}");
-        let fin = Finalization::failed(JobStatus::ReplicationFailed, FailureClass::ReplicateRejected, e.to_string(), None, None);
+        let fin = Finalization::failed(
+            JobStatus::ReplicationFailed,
+            FailureClass::ReplicateRejected,
+            e.to_string(),
+            None,
+            None,
+        );
         if let Err(db_err) = db::finalize_job(&shared.pool, &job_id, &fin).await {
             warn!(job_id = %job_id, "could not mark the job replication_failed: {db_err}");
         }

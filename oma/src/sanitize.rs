@@ -73,7 +73,12 @@ pub fn sanitize_replication_error(raw: &str, class: Option<FailureClass>) -> San
             &["Check connectivity to the source appliance", "Try again"],
         )
     } else if has(&lower, &["permission", "denied", "credential"]) {
-        s("Insufficient permissions on the source environment", "configuration", "error", &["Verify the credentials", "Try again"])
+        s(
+            "Insufficient permissions on the source environment",
+            "configuration",
+            "error",
+            &["Verify the credentials", "Try again"],
+        )
     } else if has(&lower, &["snapshot"]) {
         s("Source snapshot operation failed", "storage", "error", &["Check the source VM's snapshots", "Try again"])
     } else {
@@ -91,35 +96,85 @@ pub fn sanitize_failover_error(step: &str, raw: Option<&str>) -> Sanitized {
         "virtio-driver-injection" | "driver-injection" => {
             if has(&e, &["virt-v2v", "v2v"]) {
                 if has(&e, &["exit code", "failed"]) {
-                    s("Driver injection failed - VM may not be compatible with automated conversion", "compatibility", "error", &["Consider a live failover instead", "Contact an administrator"])
+                    s(
+                        "Driver injection failed - VM may not be compatible with automated conversion",
+                        "compatibility",
+                        "error",
+                        &["Consider a live failover instead", "Contact an administrator"],
+                    )
                 } else {
-                    s("Driver injection process error - automated tool encountered issue", "compatibility", "error", &["Try again", "Contact an administrator"])
+                    s(
+                        "Driver injection process error - automated tool encountered issue",
+                        "compatibility",
+                        "error",
+                        &["Try again", "Contact an administrator"],
+                    )
                 }
             } else if e.contains("virtio") {
                 if has(&e, &["not found", "missing"]) {
-                    s("Required driver package not available on system", "configuration", "error", &["Contact an administrator"])
+                    s(
+                        "Required driver package not available on system",
+                        "configuration",
+                        "error",
+                        &["Contact an administrator"],
+                    )
                 } else {
-                    s("KVM driver installation failed - compatibility issue", "compatibility", "error", &["Consider a live failover instead"])
+                    s(
+                        "KVM driver installation failed - compatibility issue",
+                        "compatibility",
+                        "error",
+                        &["Consider a live failover instead"],
+                    )
                 }
             } else if has(&e, &["/dev/", "device"]) {
                 s("Storage access error during driver preparation", "storage", "error", &["Try again"])
             } else if has(&e, &["permission", "denied"]) {
-                s("System permissions error during driver preparation", "configuration", "error", &["Contact an administrator"])
+                s(
+                    "System permissions error during driver preparation",
+                    "configuration",
+                    "error",
+                    &["Contact an administrator"],
+                )
             } else {
-                s("Driver preparation failed - unable to inject required drivers", "compatibility", "error", &["Contact an administrator"])
+                s(
+                    "Driver preparation failed - unable to inject required drivers",
+                    "compatibility",
+                    "error",
+                    &["Contact an administrator"],
+                )
             }
         }
         "vm-creation" | "destination-vm-creation" => {
             if e.contains("network") {
                 if e.contains("not found") {
-                    s("Network configuration error - specified network not available", "network", "error", &["Verify the network mapping"])
+                    s(
+                        "Network configuration error - specified network not available",
+                        "network",
+                        "error",
+                        &["Verify the network mapping"],
+                    )
                 } else {
-                    s("Network configuration error during VM creation", "network", "error", &["Verify the network mapping"])
+                    s(
+                        "Network configuration error during VM creation",
+                        "network",
+                        "error",
+                        &["Verify the network mapping"],
+                    )
                 }
             } else if has(&e, &["insufficient", "quota", "capacity"]) {
-                s("Insufficient resources on destination platform", "platform", "error", &["Free resources on the destination", "Try again"])
+                s(
+                    "Insufficient resources on destination platform",
+                    "platform",
+                    "error",
+                    &["Free resources on the destination", "Try again"],
+                )
             } else if has(&e, &["template", "offering"]) {
-                s("Platform configuration error - VM template or service offering issue", "configuration", "error", &["Contact an administrator"])
+                s(
+                    "Platform configuration error - VM template or service offering issue",
+                    "configuration",
+                    "error",
+                    &["Contact an administrator"],
+                )
             } else if has(&e, &["api", "cloudstack"]) {
                 s("Platform communication error - could not create VM", "platform", "error", &["Try again"])
             } else {
@@ -128,11 +183,26 @@ pub fn sanitize_failover_error(step: &str, raw: Option<&str>) -> Sanitized {
         }
         "network-configuration" | "network-mapping" => {
             if e.contains("not found") {
-                s("Network not found - target network is not available", "network", "error", &["Verify the network mapping"])
+                s(
+                    "Network not found - target network is not available",
+                    "network",
+                    "error",
+                    &["Verify the network mapping"],
+                )
             } else if has(&e, &["mapping", "not mapped"]) {
-                s("Network mapping not configured for this VM", "configuration", "error", &["Configure the network mapping"])
+                s(
+                    "Network mapping not configured for this VM",
+                    "configuration",
+                    "error",
+                    &["Configure the network mapping"],
+                )
             } else if has(&e, &["network id", "networkid"]) {
-                s("Network configuration error - cannot resolve network identifier", "configuration", "error", &["Verify the network mapping"])
+                s(
+                    "Network configuration error - cannot resolve network identifier",
+                    "configuration",
+                    "error",
+                    &["Verify the network mapping"],
+                )
             } else {
                 s("Network configuration error during failover", "network", "error", &["Verify the network mapping"])
             }
@@ -152,13 +222,28 @@ pub fn sanitize_failover_error(step: &str, raw: Option<&str>) -> Sanitized {
         }
         "source-vm-power-off" | "source-vm-power-on" | "vm-startup-and-validation" => {
             if e.contains("vma") && has(&e, &["unreachable", "connection", "timeout"]) {
-                s("Cannot connect to source environment", "connectivity", "error", &["Check connectivity to the source appliance"])
+                s(
+                    "Cannot connect to source environment",
+                    "connectivity",
+                    "error",
+                    &["Check connectivity to the source appliance"],
+                )
             } else if has(&e, &["not found", "does not exist"]) {
                 s("Source VM not found", "configuration", "error", &["Verify the source VM"])
             } else if has(&e, &["power", "already"]) {
-                s("VM power state change failed - VM may already be in requested state", "platform", "warning", &["Check the VM's power state"])
+                s(
+                    "VM power state change failed - VM may already be in requested state",
+                    "platform",
+                    "warning",
+                    &["Check the VM's power state"],
+                )
             } else if has(&e, &["permission", "credential"]) {
-                s("Insufficient permissions to manage VM power state", "configuration", "error", &["Verify the credentials"])
+                s(
+                    "Insufficient permissions to manage VM power state",
+                    "configuration",
+                    "error",
+                    &["Verify the credentials"],
+                )
             } else {
                 s("VM power management operation failed", "platform", "error", &["Try again"])
             }
@@ -169,7 +254,12 @@ pub fn sanitize_failover_error(step: &str, raw: Option<&str>) -> Sanitized {
             } else if e.contains("not found") {
                 s("Backup snapshot not found", "storage", "error", &["Contact an administrator"])
             } else if has(&e, &["revert", "rollback"]) {
-                s("Snapshot rollback failed - cannot restore to previous state", "storage", "critical", &["Contact an administrator"])
+                s(
+                    "Snapshot rollback failed - cannot restore to previous state",
+                    "storage",
+                    "critical",
+                    &["Contact an administrator"],
+                )
             } else {
                 s("Backup snapshot operation failed", "storage", "error", &["Try again"])
             }

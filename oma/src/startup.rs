@@ -71,7 +71,10 @@ impl Application {
     }
 
     /// Serve, poll, recover and monitor until `shutdown` resolves or a task ends.
-    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let state = AppState {
             shared: self.shared.clone(),
@@ -98,7 +101,8 @@ impl Application {
             Ok("poller")
         });
         // Recovery runs while /health already answers; it is one-shot, so not supervised.
-        let recovery_task = tokio::spawn(startup_recovery(self.shared.clone(), self.poller.clone(), self.recovery.clone()));
+        let recovery_task =
+            tokio::spawn(startup_recovery(self.shared.clone(), self.poller.clone(), self.recovery.clone()));
         let monitor_cancel = cancel.clone();
         let monitor = self.health_monitor.clone();
         tasks.spawn(async move {
@@ -124,10 +128,12 @@ impl Application {
             warn!("Shutdown timed out waiting for tasks");
         }
         // Leave the polling claims for the next start but let any other OMA take them at once.
-        if let Err(e) = sqlx::query("UPDATE vma_polling_state SET lease_expires_at = NOW(3) WHERE owner_instance = ? AND is_active = 1")
-            .bind(&self.shared.instance_id)
-            .execute(&self.shared.pool)
-            .await
+        if let Err(e) = sqlx::query(
+            "UPDATE vma_polling_state SET lease_expires_at = NOW(3) WHERE owner_instance = ? AND is_active = 1",
+        )
+        .bind(&self.shared.instance_id)
+        .execute(&self.shared.pool)
+        .await
         {
             warn!("could not hand over polling leases: {e}");
         }

@@ -213,17 +213,14 @@ fn body_says_not_found(value: &serde_json::Value) -> bool {
     if obj.contains_key("job_id") && obj.contains_key("status") {
         return false;
     }
-    ["error", "message"].iter().any(|k| {
-        obj.get(*k)
-            .and_then(|v| v.as_str())
-            .is_some_and(|s| s.to_ascii_lowercase().contains("not found"))
-    })
+    ["error", "message"]
+        .iter()
+        .any(|k| obj.get(*k).and_then(|v| v.as_str()).is_some_and(|s| s.to_ascii_lowercase().contains("not found")))
 }
 
 /// A 200 plain-text body such as `job not found` (the seeds' "HTTP 200 bug").
 fn text_says_not_found(body: &[u8]) -> bool {
-    body.len() < 1024
-        && std::str::from_utf8(body).is_ok_and(|s| s.to_ascii_lowercase().contains("not found"))
+    body.len() < 1024 && std::str::from_utf8(body).is_ok_and(|s| s.to_ascii_lowercase().contains("not found"))
 }
 
 /// Classify a transport error by walking its cause chain for I/O error kinds.
@@ -295,10 +292,7 @@ impl VmaClient {
             .tcp_nodelay(true)
             .build()
             .expect("reqwest client with static settings");
-        VmaClient {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            http,
-        }
+        VmaClient { base_url: base_url.trim_end_matches('/').to_string(), http }
     }
 
     pub fn base_url(&self) -> &str {
@@ -310,12 +304,7 @@ impl VmaClient {
         let url = format!("{}/api/v1/progress/{}", self.base_url, encode_path_segment(id));
         let response = match self.http.get(&url).send().await {
             Ok(r) => r,
-            Err(e) => {
-                return Observation::Unavailable {
-                    kind: classify_transport_error(&e),
-                    detail: error_chain(&e),
-                }
-            }
+            Err(e) => return Observation::Unavailable { kind: classify_transport_error(&e), detail: error_chain(&e) },
         };
         let status = response.status().as_u16();
         match read_limited(response, MAX_PROGRESS_BODY_BYTES).await {
@@ -324,10 +313,9 @@ impl VmaClient {
                 kind: UnavailableKind::BodyTooLarge,
                 detail: format!("progress body larger than {MAX_PROGRESS_BODY_BYTES} bytes"),
             },
-            Err(BodyError::Transport(e)) => Observation::Unavailable {
-                kind: classify_transport_error(&e),
-                detail: error_chain(&e),
-            },
+            Err(BodyError::Transport(e)) => {
+                Observation::Unavailable { kind: classify_transport_error(&e), detail: error_chain(&e) }
+            }
         }
     }
 
@@ -335,12 +323,7 @@ impl VmaClient {
     /// export names, then the job id. An answer is accepted only if it is about this job (its
     /// `job_id` is the job id or the name asked for): volumes are reused across a VM's jobs, so an
     /// export name can carry another job's progress.
-    pub async fn lookup(
-        &self,
-        job_id: &str,
-        export_names: &[String],
-        preferred: Option<&LookupKey>,
-    ) -> Lookup {
+    pub async fn lookup(&self, job_id: &str, export_names: &[String], preferred: Option<&LookupKey>) -> Lookup {
         let mut order: Vec<LookupKey> = Vec::with_capacity(export_names.len() + 1);
         if let Some(p) = preferred {
             order.push(p.clone());
@@ -370,41 +353,25 @@ impl VmaClient {
                 }
                 Observation::Unavailable { kind, .. } if kind.is_transport() => {
                     attempts.push((asked.to_string(), "unreachable"));
-                    return Lookup {
-                        observation,
-                        via: None,
-                        attempts,
-                    };
+                    return Lookup { observation, via: None, attempts };
                 }
                 Observation::Unavailable { .. } => {
                     attempts.push((asked.to_string(), "error"));
                     if key == LookupKey::JobId {
-                        return Lookup {
-                            observation,
-                            via: None,
-                            attempts,
-                        };
+                        return Lookup { observation, via: None, attempts };
                     }
                 }
                 _ => {
                     let about = observation.progress().map(|p| p.job_id.as_str()).unwrap_or("");
                     if about == job_id || about == asked || about.is_empty() {
                         attempts.push((asked.to_string(), observation.status_word()));
-                        return Lookup {
-                            observation,
-                            via: Some(key),
-                            attempts,
-                        };
+                        return Lookup { observation, via: Some(key), attempts };
                     }
                     attempts.push((asked.to_string(), "other_job"));
                 }
             }
         }
-        Lookup {
-            observation: last_not_found,
-            via: None,
-            attempts,
-        }
+        Lookup { observation: last_not_found, via: None, attempts }
     }
 
     /// `GET /api/v1/health` → true iff 200.
@@ -414,10 +381,7 @@ impl VmaClient {
     }
 
     /// `POST /api/v1/replicate`. Any non-200 is a refusal.
-    pub async fn replicate(
-        &self,
-        request: &ReplicateRequest,
-    ) -> Result<ReplicateResponse, ReplicateError> {
+    pub async fn replicate(&self, request: &ReplicateRequest) -> Result<ReplicateResponse, ReplicateError> {
         let url = format!("{}/api/v1/replicate", self.base_url);
         let response = self
             .http

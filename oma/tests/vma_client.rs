@@ -39,8 +39,18 @@ fn unavailable_kind(o: &Observation) -> UnavailableKind {
 #[tokio::test]
 async fn running_completed_and_failed_bodies() {
     let server = MockServer::start().await;
-    mount(&server, "run", ResponseTemplate::new(200).set_body_json(progress_json("run", "in_progress", "Transfer", 30.0))).await;
-    mount(&server, "done", ResponseTemplate::new(200).set_body_json(progress_json("done", "completed", "Transfer", 100.0))).await;
+    mount(
+        &server,
+        "run",
+        ResponseTemplate::new(200).set_body_json(progress_json("run", "in_progress", "Transfer", 30.0)),
+    )
+    .await;
+    mount(
+        &server,
+        "done",
+        ResponseTemplate::new(200).set_body_json(progress_json("done", "completed", "Transfer", 100.0)),
+    )
+    .await;
     let mut failed = progress_json("bad", "failed", "Transfer", 40.0);
     failed["last_error"] = serde_json::json!("NBD connection refused");
     mount(&server, "bad", ResponseTemplate::new(200).set_body_json(failed)).await;
@@ -62,9 +72,16 @@ async fn running_completed_and_failed_bodies() {
 #[tokio::test]
 async fn not_found_as_404_text_and_as_http_200() {
     let server = MockServer::start().await;
-    mount(&server, "gone", ResponseTemplate::new(404).set_body_raw("job not found\n", "text/plain; charset=utf-8")).await;
-    mount(&server, "text200", ResponseTemplate::new(200).set_body_raw("job not found\n", "text/plain; charset=utf-8")).await;
-    mount(&server, "json200", ResponseTemplate::new(200).set_body_json(serde_json::json!({"error": "Job Not Found", "job_id": "x"}))).await;
+    mount(&server, "gone", ResponseTemplate::new(404).set_body_raw("job not found\n", "text/plain; charset=utf-8"))
+        .await;
+    mount(&server, "text200", ResponseTemplate::new(200).set_body_raw("job not found\n", "text/plain; charset=utf-8"))
+        .await;
+    mount(
+        &server,
+        "json200",
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({"error": "Job Not Found", "job_id": "x"})),
+    )
+    .await;
     assert_eq!(observe(&server, "gone").await, Observation::NotFound { http200: false });
     assert_eq!(observe(&server, "text200").await, Observation::NotFound { http200: true });
     assert_eq!(observe(&server, "json200").await, Observation::NotFound { http200: true });
@@ -73,11 +90,17 @@ async fn not_found_as_404_text_and_as_http_200() {
 #[tokio::test]
 async fn malformed_oversized_and_5xx_bodies_are_unavailable() {
     let server = MockServer::start().await;
-    mount(&server, "trunc", ResponseTemplate::new(200).set_body_raw(r#"{"job_id":"trunc","status":"in_pro"#, "application/json")).await;
+    mount(
+        &server,
+        "trunc",
+        ResponseTemplate::new(200).set_body_raw(r#"{"job_id":"trunc","status":"in_pro"#, "application/json"),
+    )
+    .await;
     let mut wrong = progress_json("wrong", "in_progress", "Transfer", 1.0);
     wrong["percentage"] = serde_json::json!("fifty");
     mount(&server, "wrong", ResponseTemplate::new(200).set_body_json(wrong)).await;
-    mount(&server, "huge", ResponseTemplate::new(200).set_body_raw(vec![b' '; 2 * 1024 * 1024], "application/json")).await;
+    mount(&server, "huge", ResponseTemplate::new(200).set_body_raw(vec![b' '; 2 * 1024 * 1024], "application/json"))
+        .await;
     mount(&server, "boom", ResponseTemplate::new(500).set_body_string("internal server error")).await;
     mount(&server, "gateway", ResponseTemplate::new(502)).await;
     mount(&server, "teapot", ResponseTemplate::new(418)).await;
@@ -155,13 +178,24 @@ async fn reset_eof_hang_and_blackhole() {
 async fn lookup_tries_export_names_first_then_the_job_id() {
     let server = MockServer::start().await;
     mount(&server, "migration-vol-a", ResponseTemplate::new(404).set_body_string("job not found\n")).await;
-    mount(&server, "migration-vol-b", ResponseTemplate::new(200).set_body_json(progress_json("job-1", "in_progress", "Transfer", 5.0))).await;
-    mount(&server, "job-1", ResponseTemplate::new(200).set_body_json(progress_json("job-1", "in_progress", "Transfer", 5.0))).await;
+    mount(
+        &server,
+        "migration-vol-b",
+        ResponseTemplate::new(200).set_body_json(progress_json("job-1", "in_progress", "Transfer", 5.0)),
+    )
+    .await;
+    mount(
+        &server,
+        "job-1",
+        ResponseTemplate::new(200).set_body_json(progress_json("job-1", "in_progress", "Transfer", 5.0)),
+    )
+    .await;
     let client = VmaClient::new(&server.uri(), Duration::from_millis(500));
     let names = vec!["migration-vol-a".to_string(), "migration-vol-b".to_string()];
     let lookup = client.lookup("job-1", &names, None).await;
     assert_eq!(lookup.via, Some(LookupKey::ExportName("migration-vol-b".into())));
-    let paths: Vec<String> = server.received_requests().await.unwrap().iter().map(|r| r.url.path().to_string()).collect();
+    let paths: Vec<String> =
+        server.received_requests().await.unwrap().iter().map(|r| r.url.path().to_string()).collect();
     assert_eq!(paths, vec!["/api/v1/progress/migration-vol-a", "/api/v1/progress/migration-vol-b"]);
     // The preferred key is asked first next time.
     let again = client.lookup("job-1", &names, lookup.via.as_ref()).await;
@@ -171,8 +205,18 @@ async fn lookup_tries_export_names_first_then_the_job_id() {
 #[tokio::test]
 async fn an_export_name_carrying_another_jobs_progress_is_not_trusted() {
     let server = MockServer::start().await;
-    mount(&server, "migration-vol-a", ResponseTemplate::new(200).set_body_json(progress_json("job-OLD", "completed", "Transfer", 100.0))).await;
-    mount(&server, "job-new", ResponseTemplate::new(200).set_body_json(progress_json("job-new", "in_progress", "Transfer", 3.0))).await;
+    mount(
+        &server,
+        "migration-vol-a",
+        ResponseTemplate::new(200).set_body_json(progress_json("job-OLD", "completed", "Transfer", 100.0)),
+    )
+    .await;
+    mount(
+        &server,
+        "job-new",
+        ResponseTemplate::new(200).set_body_json(progress_json("job-new", "in_progress", "Transfer", 3.0)),
+    )
+    .await;
     let client = VmaClient::new(&server.uri(), Duration::from_millis(500));
     let lookup = client.lookup("job-new", &["migration-vol-a".to_string()], None).await;
     assert!(matches!(lookup.observation, Observation::Running(_)), "{:?}", lookup.observation);

@@ -39,9 +39,9 @@ fn spec_error(e: SpecError) -> Response {
     bad(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field))
 }
 
-/// Parse a JSON body with serde's message (which names unknown fields and wrong types).
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| bad(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"), None))
+/// Parse a JSON body; serde's message names unknown fields and wrong types.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 async fn health(State(state): State<Arc<SimState>>) -> Response {
@@ -65,7 +65,7 @@ async fn list_jobs(State(state): State<Arc<SimState>>) -> Response {
 async fn put_job(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
     let spec: JobSpec = match parse_json(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(msg) => return bad(StatusCode::BAD_REQUEST, msg, None),
     };
     match state.put_job(&id, &spec) {
         Ok(view) => Json(view).into_response(),
@@ -95,7 +95,7 @@ async fn job_stats(State(state): State<Arc<SimState>>, Path(id): Path<String>) -
 async fn put_faults(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Response {
     let spec: FaultSpec = match parse_json(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(msg) => return bad(StatusCode::BAD_REQUEST, msg, None),
     };
     match state.set_faults(&spec) {
         Ok(f) => Json(f).into_response(),
@@ -124,7 +124,7 @@ async fn restart(State(state): State<Arc<SimState>>, body: axum::body::Bytes) ->
     } else {
         match parse_json(&body) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(msg) => return bad(StatusCode::BAD_REQUEST, msg, None),
         }
     };
     let down_for = match body.down_for.as_deref().map(|d| parse_duration("down_for", d)).transpose() {
@@ -156,7 +156,7 @@ async fn journal(State(state): State<Arc<SimState>>, Query(q): Query<JournalQuer
 async fn put_replicate_defaults(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Response {
     let spec: JobSpec = match parse_json(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(msg) => return bad(StatusCode::BAD_REQUEST, msg, None),
     };
     match state.set_replicate_defaults(spec) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
@@ -213,4 +213,3 @@ pub fn apply_scenario(state: &Arc<SimState>, scenario: &Scenario) -> usize {
     }
     n
 }
-

@@ -45,7 +45,12 @@ pub struct Journal {
 
 impl Journal {
     pub fn new(capacity: usize) -> Journal {
-        Journal { capacity: capacity.max(1), entries: VecDeque::with_capacity(capacity.min(65_536)), next_seq: 0, stats: HashMap::new() }
+        Journal {
+            capacity: capacity.max(1),
+            entries: VecDeque::with_capacity(capacity.min(65_536)),
+            next_seq: 0,
+            stats: HashMap::new(),
+        }
     }
 
     fn stats_mut(&mut self, job: &str) -> Option<&mut JobStats> {
@@ -77,20 +82,13 @@ impl Journal {
         }
     }
 
-    pub fn record(&mut self, method: &str, path: &str, job: Option<&str>, outcome: &str, status: u16, at: DateTime<Utc>, latency_ms: f64) {
+    /// Append an entry (its `seq` is assigned here), dropping the oldest when full.
+    pub fn record(&mut self, mut entry: Entry) {
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
         }
-        self.entries.push_back(Entry {
-            seq: self.next_seq,
-            at,
-            method: method.to_string(),
-            path: path.to_string(),
-            job: job.map(str::to_string),
-            outcome: outcome.to_string(),
-            status,
-            latency_ms,
-        });
+        entry.seq = self.next_seq;
+        self.entries.push_back(entry);
         self.next_seq += 1;
     }
 
@@ -137,11 +135,24 @@ impl Journal {
 mod tests {
     use super::*;
 
+    fn entry(path: &str) -> Entry {
+        Entry {
+            seq: 0,
+            at: Utc::now(),
+            method: "GET".into(),
+            path: path.into(),
+            job: None,
+            outcome: "ok".into(),
+            status: 200,
+            latency_ms: 0.1,
+        }
+    }
+
     #[test]
     fn ring_is_bounded() {
         let mut j = Journal::new(3);
         for i in 0..10 {
-            j.record("GET", &format!("/p/{i}"), None, "ok", 200, Utc::now(), 0.1);
+            j.record(entry(&format!("/p/{i}")));
         }
         assert_eq!(j.len(), 3);
         assert_eq!(j.total_recorded(), 10);

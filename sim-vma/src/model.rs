@@ -13,7 +13,9 @@ pub enum Mode {
     /// 200 with progress moving along a ramp; completes on its own at 100 %.
     Running(Ramp),
     Completed,
-    Failed { message: String },
+    Failed {
+        message: String,
+    },
     /// 404 `text/plain` `job not found\n`, like the real VMA.
     NotFound,
     /// 200 `text/plain` `job not found\n` (the seeds' claimed VMA bug).
@@ -21,10 +23,17 @@ pub enum Mode {
     /// 200 with frozen progress: the copy process died, the VMA does not know.
     Stale,
     /// Answers like `running` after a delay.
-    Slow { delay_ms: u64, ramp: Ramp },
+    Slow {
+        delay_ms: u64,
+        ramp: Ramp,
+    },
     /// An HTTP error status with a text body.
-    Error { status: u16 },
-    Malformed { kind: MalformedKind },
+    Error {
+        status: u16,
+    },
+    Malformed {
+        kind: MalformedKind,
+    },
 }
 
 impl Mode {
@@ -140,7 +149,13 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(job_id: &str, export_names: Vec<String>, mode: Mode, transitions: Vec<Transition>, now: DateTime<Utc>) -> Job {
+    pub fn new(
+        job_id: &str,
+        export_names: Vec<String>,
+        mode: Mode,
+        transitions: Vec<Transition>,
+        now: DateTime<Utc>,
+    ) -> Job {
         let mut job = Job {
             job_id: job_id.to_string(),
             export_names,
@@ -407,14 +422,25 @@ impl ProgressBody {
             current_operation: current_operation(&job.status, &job.phase),
             bytes_transferred: job.bytes_transferred,
             total_bytes: job.total_bytes,
-            throughput: Throughput { current_mbps: mbps, average_mbps: mbps, peak_mbps: mbps, last_update: rfc3339(now) },
+            throughput: Throughput {
+                current_mbps: mbps,
+                average_mbps: mbps,
+                peak_mbps: mbps,
+                last_update: rfc3339(now),
+            },
             timing: Timing {
                 start_time: rfc3339(job.started_at),
                 last_update: rfc3339(now),
                 elapsed_ms: elapsed,
                 phase_start: rfc3339(job.started_at),
                 phase_elapsed_ms: elapsed,
-                eta_seconds: eta_seconds(&job.status, job.percent, job.throughput_bps, job.total_bytes, job.bytes_transferred),
+                eta_seconds: eta_seconds(
+                    &job.status,
+                    job.percent,
+                    job.throughput_bps,
+                    job.total_bytes,
+                    job.bytes_transferred,
+                ),
             },
             vm_info: VmInfo {
                 name: "unknown",
@@ -461,7 +487,11 @@ pub fn answer_poll(job: &mut Job, now: DateTime<Utc>) -> (Reply, Option<Duration
             let bad = match kind {
                 MalformedKind::NotJson => "<html><body>502 Bad Gateway</body></html>".to_string(),
                 MalformedKind::Truncated => good[..good.len() / 2].to_string(),
-                MalformedKind::WrongTypes => good.replacen("\"percentage\":", "\"percentage\":\"", 1).replacen(",\"current_operation\"", "\",\"current_operation\"", 1),
+                MalformedKind::WrongTypes => good.replacen("\"percentage\":", "\"percentage\":\"", 1).replacen(
+                    ",\"current_operation\"",
+                    "\",\"current_operation\"",
+                    1,
+                ),
                 MalformedKind::Oversized => {
                     let pad = " ".repeat(4 * 1024 * 1024);
                     format!("{}{}", &good[..good.len() - 1], format_args!(",\"padding\":\"{pad}\"}}"))

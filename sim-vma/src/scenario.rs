@@ -52,7 +52,7 @@ pub struct TimelineStep {
 /// A checked timeline step.
 #[derive(Debug, Clone)]
 pub enum Action {
-    SetJob(String, JobSpec),
+    SetJob(String, Box<JobSpec>),
     Faults(FaultSpec),
     ClearFaults,
     Restart(Option<Duration>),
@@ -94,7 +94,10 @@ impl Scenario {
             })?;
         }
         if let Some(f) = &self.faults {
-            f.compile().map_err(|e| ScenarioError::Spec { line: 1, source: SpecError { field: format!("faults.{}", e.field), message: e.message } })?;
+            f.compile().map_err(|e| ScenarioError::Spec {
+                line: 1,
+                source: SpecError { field: format!("faults.{}", e.field), message: e.message },
+            })?;
         }
         for (i, step) in self.timeline.iter().enumerate() {
             let line = line_of(text, step.span().start);
@@ -129,20 +132,26 @@ impl TimelineStep {
     pub fn action(&self) -> Result<Action, SpecError> {
         parse_duration("at", &self.at)?;
         let need_id = || {
-            self.job_id.clone().or_else(|| self.job.as_ref().and_then(|j| j.id.clone())).ok_or_else(|| SpecError {
-                field: "job_id".into(),
-                message: "is required for this action".into(),
-            })
+            self.job_id
+                .clone()
+                .or_else(|| self.job.as_ref().and_then(|j| j.id.clone()))
+                .ok_or_else(|| SpecError { field: "job_id".into(), message: "is required for this action".into() })
         };
         Ok(match self.action.as_str() {
             "set_job" => {
-                let job = self.job.clone().ok_or_else(|| SpecError { field: "job".into(), message: "is required for set_job".into() })?;
+                let job = self
+                    .job
+                    .clone()
+                    .ok_or_else(|| SpecError { field: "job".into(), message: "is required for set_job".into() })?;
                 let id = need_id()?;
                 job.compile().map_err(|e| SpecError { field: format!("job.{}", e.field), message: e.message })?;
-                Action::SetJob(id, job)
+                Action::SetJob(id, Box::new(job))
             }
             "faults" => {
-                let f = self.faults.clone().ok_or_else(|| SpecError { field: "faults".into(), message: "is required for action faults".into() })?;
+                let f = self.faults.clone().ok_or_else(|| SpecError {
+                    field: "faults".into(),
+                    message: "is required for action faults".into(),
+                })?;
                 f.compile().map_err(|e| SpecError { field: format!("faults.{}", e.field), message: e.message })?;
                 Action::Faults(f)
             }
@@ -152,7 +161,9 @@ impl TimelineStep {
             other => {
                 return Err(SpecError {
                     field: "action".into(),
-                    message: format!("unknown action {other:?}; use set_job, faults, clear_faults, restart or forget_job"),
+                    message: format!(
+                        "unknown action {other:?}; use set_job, faults, clear_faults, restart or forget_job"
+                    ),
                 })
             }
         })

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::journal::{Journal, JobStats};
+use crate::journal::{JobStats, Journal};
 use crate::model::{answer_poll, Job, Mode, ProgressUpdate, Ramp, Reply};
 use crate::spec::{FaultSpec, Faults, JobSpec, SpecError, UnreachableMode};
 
@@ -212,7 +212,7 @@ impl SimState {
 
     /// Create or change a job. An existing job keeps its progress and (unless given) its names.
     pub fn put_job(&self, id: &str, spec: &JobSpec) -> Result<JobView, SpecError> {
-        let (mode, transitions, names) = spec.compile()?;
+        let crate::spec::CompiledJob { mode, transitions, export_names: names } = spec.compile()?;
         let now = Utc::now();
         let mut inner = self.lock();
         let job = match inner.jobs.get_mut(id) {
@@ -361,7 +361,16 @@ impl SimState {
     fn record(&self, method: &str, path: &str, job: Option<&str>, outcome: &str, status: u16, started: Instant) {
         let latency = started.elapsed().as_secs_f64() * 1000.0;
         debug!(method, path, job, outcome, status, latency_ms = latency, "VMA request");
-        self.lock().journal.record(method, path, job, outcome, status, Utc::now(), latency);
+        self.lock().journal.record(crate::journal::Entry {
+            seq: 0,
+            at: Utc::now(),
+            method: method.to_string(),
+            path: path.to_string(),
+            job: job.map(str::to_string),
+            outcome: outcome.to_string(),
+            status,
+            latency_ms: latency,
+        });
     }
 }
 
@@ -456,7 +465,12 @@ async fn bind_again(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Err(last.expect("at least one attempt"))
 }
 
-async fn accept_loop(state: Arc<SimState>, first: TcpListener, mut up: watch::Receiver<bool>, cancel: CancellationToken) {
+async fn accept_loop(
+    state: Arc<SimState>,
+    first: TcpListener,
+    mut up: watch::Receiver<bool>,
+    cancel: CancellationToken,
+) {
     let router = vma_router(state.clone());
     let mut listener = Some(first);
     loop {
@@ -534,9 +548,7 @@ async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream)
         let router = router.clone();
         let state = state.clone();
         let kill = conn_kill.clone();
-        async move {
-            Ok::<_, Infallible>(with_faults(state, router, kill, req.map(Body::new)).await)
-        }
+        async move { Ok::<_, Infallible>(with_faults(state, router, kill, req.map(Body::new)).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     tokio::select! {
@@ -546,7 +558,12 @@ async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream)
 }
 
 /// Apply the global faults to one request, then route it.
-async fn with_faults(state: Arc<SimState>, router: Router, kill: CancellationToken, req: Request<Body>) -> Response<Body> {
+async fn with_faults(
+    state: Arc<SimState>,
+    router: Router,
+    kill: CancellationToken,
+    req: Request<Body>,
+) -> Response<Body> {
     use tower::ServiceExt;
     let started = Instant::now();
     let path = req.uri().path().to_string();
@@ -559,27 +576,30 @@ async fn with_faults(state: Arc<SimState>, router: Router, kill: CancellationTok
     // While a connection-level fault is probabilistic, close every connection after one answer so
     // each request is a new connection with its own draw.
     let close_after = matches!(decision_faults_unreachable(&state), Some(mode) if is_connection_fault(mode));
-    match decision.unreachable {
-        Some(UnreachableMode::HangAfterHeaders) => {
+    if decision.unreachable == Some(UnreachableMode::HangAfterHeaders) {
+        {
             state.record(&method, &path, None, "fault_hang_after_headers", 200, started);
-            let stream = futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"job_id\":")) })
-                .chain(futures::stream::once(async move {
-                    kill.cancelled().await;
-                    Err(std::io::Error::other("connection dropped"))
-                }));
+            let stream =
+                futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"job_id\":")) })
+                    .chain(futures::stream::once(async move {
+                        kill.cancelled().await;
+                        Err(std::io::Error::other("connection dropped"))
+                    }));
             return Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Body::from_stream(stream))
                 .expect("static response");
         }
-        _ => {}
     }
     if let Some(latency) = decision.latency {
         tokio::time::sleep(latency).await;
     }
     if let Some(status) = decision.error_status {
         state.record(&method, &path, None, "fault_error_status", status, started);
-        return text(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "internal server error\n");
+        return text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "internal server error\n",
+        );
     }
     let mut response = router.oneshot(req).await.unwrap_or_else(|e| match e {});
     if close_after {
@@ -764,7 +784,10 @@ async fn replicate(State(state): State<Arc<SimState>>, body: axum::body::Bytes) 
     {
         let mut inner = state.lock();
         let spec = inner.replicate_defaults.clone();
-        let (mode, transitions, _) = spec.compile().unwrap_or_else(|_| (Mode::Running(Ramp::default()), vec![], None));
+        let (mode, transitions) = spec
+            .compile()
+            .map(|c| (c.mode, c.transitions))
+            .unwrap_or_else(|_| (Mode::Running(Ramp::default()), vec![]));
         if let Some(old) = inner.resolve(&request.job_id) {
             inner.remove_job(&old);
         }
@@ -815,8 +838,15 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_fault_decisions() {
         let faults = FaultSpec {
-            unreachable: Some(crate::spec::UnreachableSpec { mode: UnreachableMode::HangAfterHeaders, probability: Some(0.3) }),
-            latency: Some(crate::spec::LatencySpec { base: "10ms".into(), jitter: Some("20ms".into()), probability: Some(0.5) }),
+            unreachable: Some(crate::spec::UnreachableSpec {
+                mode: UnreachableMode::HangAfterHeaders,
+                probability: Some(0.3),
+            }),
+            latency: Some(crate::spec::LatencySpec {
+                base: "10ms".into(),
+                jitter: Some("20ms".into()),
+                probability: Some(0.5),
+            }),
             error_rate: Some(crate::spec::ErrorRateSpec { status: Some(503), probability: 0.2 }),
             for_duration: None,
         }

@@ -66,9 +66,15 @@ impl JobSpec {
                 }
             }
             let rate = match (self.rate_per_poll, self.rate_per_second) {
-                (Some(_), Some(_)) => return Err(err(f("rate_per_poll"), "give rate_per_poll or rate_per_second, not both")),
-                (Some(r), None) if r < 0.0 || r.is_nan() => return Err(err(f("rate_per_poll"), format!("must not be negative, got {r}"))),
-                (None, Some(r)) if r < 0.0 || r.is_nan() => return Err(err(f("rate_per_second"), format!("must not be negative, got {r}"))),
+                (Some(_), Some(_)) => {
+                    return Err(err(f("rate_per_poll"), "give rate_per_poll or rate_per_second, not both"))
+                }
+                (Some(r), None) if r < 0.0 || r.is_nan() => {
+                    return Err(err(f("rate_per_poll"), format!("must not be negative, got {r}")))
+                }
+                (None, Some(r)) if r < 0.0 || r.is_nan() => {
+                    return Err(err(f("rate_per_second"), format!("must not be negative, got {r}")))
+                }
                 (Some(r), None) => Rate::PerPoll(r),
                 (None, Some(r)) => Rate::PerSecond(r),
                 (None, None) => Rate::None,
@@ -87,7 +93,9 @@ impl JobSpec {
                 None => defaults.total_bytes,
             };
             let throughput_mbps = match self.throughput_mbps {
-                Some(t) if t < 0.0 || t.is_nan() => return Err(err(f("throughput_mbps"), format!("must not be negative, got {t}"))),
+                Some(t) if t < 0.0 || t.is_nan() => {
+                    return Err(err(f("throughput_mbps"), format!("must not be negative, got {t}")))
+                }
                 Some(t) => t,
                 None => defaults.throughput_mbps,
             };
@@ -95,7 +103,9 @@ impl JobSpec {
                 None => defaults.sync_type,
                 Some(s @ ("full" | "incremental" | "")) => s.to_string(),
                 Some("initial") => "full".to_string(),
-                Some(other) => return Err(err(f("sync_type"), format!("must be full, incremental or initial, got {other:?}"))),
+                Some(other) => {
+                    return Err(err(f("sync_type"), format!("must be full, incremental or initial, got {other:?}")))
+                }
             };
             Ok(Ramp { start_percent: self.start_percent, rate, phases, total_bytes, throughput_mbps, sync_type })
         };
@@ -107,7 +117,8 @@ impl JobSpec {
             "http200_not_found" => Mode::Http200NotFound,
             "stale" => Mode::Stale,
             "slow" => {
-                let delay = self.delay.as_deref().ok_or_else(|| err(f("delay"), "is required for mode slow (e.g. \"2s\")"))?;
+                let delay =
+                    self.delay.as_deref().ok_or_else(|| err(f("delay"), "is required for mode slow (e.g. \"2s\")"))?;
                 Mode::Slow { delay_ms: parse_duration(&f("delay"), delay)?.as_millis() as u64, ramp: ramp()? }
             }
             "error" => {
@@ -121,7 +132,10 @@ impl JobSpec {
                 let kind = self.kind.as_deref().unwrap_or("truncated");
                 Mode::Malformed {
                     kind: MalformedKind::parse(kind).ok_or_else(|| {
-                        err(f("kind"), format!("unknown kind {kind:?}; use not_json, truncated, wrong_types or oversized"))
+                        err(
+                            f("kind"),
+                            format!("unknown kind {kind:?}; use not_json, truncated, wrong_types or oversized"),
+                        )
                     })?,
                 }
             }
@@ -130,7 +144,7 @@ impl JobSpec {
     }
 
     /// Mode, transitions and export names of a job.
-    pub fn compile(&self) -> Result<(Mode, Vec<Transition>, Option<Vec<String>>), SpecError> {
+    pub fn compile(&self) -> Result<CompiledJob, SpecError> {
         if self.after_polls.is_some() || self.after.is_some() {
             return Err(err("after_polls", "only allowed inside transitions"));
         }
@@ -144,17 +158,31 @@ impl JobSpec {
         for (i, t) in self.transitions.iter().enumerate() {
             let prefix = format!("transitions[{i}].");
             if t.export_names.is_some() || !t.transitions.is_empty() || t.id.is_some() {
-                return Err(err(format!("{prefix}export_names"), "export_names, id and nested transitions belong to the job, not a transition"));
+                return Err(err(
+                    format!("{prefix}export_names"),
+                    "export_names, id and nested transitions belong to the job, not a transition",
+                ));
             }
             let trigger = match (t.after_polls, t.after.as_deref()) {
                 (Some(n), None) => Trigger::AfterPolls(n),
-                (None, Some(d)) => Trigger::AfterMillis(parse_duration(&format!("{prefix}after"), d)?.as_millis() as u64),
+                (None, Some(d)) => {
+                    Trigger::AfterMillis(parse_duration(&format!("{prefix}after"), d)?.as_millis() as u64)
+                }
                 _ => return Err(err(format!("{prefix}after_polls"), "give exactly one of after_polls or after")),
             };
             transitions.push(Transition { trigger, to: t.mode(&prefix)? });
         }
-        Ok((mode, transitions, self.export_names.clone()))
+        Ok(CompiledJob { mode, transitions, export_names: self.export_names.clone() })
     }
+}
+
+/// A validated job spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledJob {
+    pub mode: Mode,
+    pub transitions: Vec<Transition>,
+    /// `None`: keep the job's current names.
+    pub export_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,7 +288,7 @@ impl FaultSpec {
 mod tests {
     use super::*;
 
-    fn spec(json: serde_json::Value) -> Result<(Mode, Vec<Transition>, Option<Vec<String>>), String> {
+    fn spec(json: serde_json::Value) -> Result<CompiledJob, String> {
         let s: JobSpec = serde_json::from_value(json).map_err(|e| e.to_string())?;
         s.compile().map_err(|e| e.to_string())
     }
@@ -285,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_full_spec_compiles() {
-        let (mode, transitions, names) = spec(serde_json::json!({
+        let CompiledJob { mode, transitions, export_names: names } = spec(serde_json::json!({
             "mode": "running", "start_percent": 30, "rate_per_poll": 2, "export_names": ["migration-vol-1"],
             "transitions": [{"after_polls": 3, "mode": "completed"}, {"after": "2s", "mode": "not_found"}]
         }))
@@ -298,13 +326,18 @@ mod tests {
 
     #[test]
     fn faults_validate_probabilities() {
-        let f: FaultSpec = serde_json::from_value(serde_json::json!({"unreachable": {"mode": "refused", "probability": 0.5}})).unwrap();
+        let f: FaultSpec =
+            serde_json::from_value(serde_json::json!({"unreachable": {"mode": "refused", "probability": 0.5}}))
+                .unwrap();
         assert!(f.compile().unwrap_err().field.contains("probability"));
         let f: FaultSpec = serde_json::from_value(serde_json::json!({"error_rate": {"probability": 1.5}})).unwrap();
         assert!(f.compile().is_err());
-        let e = serde_json::from_value::<FaultSpec>(serde_json::json!({"unreachable": {"mode": "sideways"}})).unwrap_err();
+        let e =
+            serde_json::from_value::<FaultSpec>(serde_json::json!({"unreachable": {"mode": "sideways"}})).unwrap_err();
         assert!(e.to_string().contains("sideways"), "{e}");
-        let f: FaultSpec = serde_json::from_value(serde_json::json!({"latency": {"base": "100ms", "jitter": "50ms"}, "for": "3s"})).unwrap();
+        let f: FaultSpec =
+            serde_json::from_value(serde_json::json!({"latency": {"base": "100ms", "jitter": "50ms"}, "for": "3s"}))
+                .unwrap();
         let c = f.compile().unwrap();
         assert_eq!(c.latency, Some((Duration::from_millis(100), Duration::from_millis(50), 1.0)));
         assert_eq!(c.clear_after, Some(Duration::from_secs(3)));

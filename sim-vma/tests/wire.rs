@@ -31,7 +31,10 @@ fn keys_and_types(v: &Value) -> Vec<(String, &'static str)> {
 #[tokio::test]
 async fn golden_progress_body_keys_order_and_types() {
     let (sim, control, http) = sim(1).await;
-    control.put_job_json("job-1", &json!({"mode": "running", "start_percent": 30, "export_names": ["migration-vol-a"]})).await.unwrap();
+    control
+        .put_job_json("job-1", &json!({"mode": "running", "start_percent": 30, "export_names": ["migration-vol-a"]}))
+        .await
+        .unwrap();
     let resp = http.get(format!("{}/api/v1/progress/job-1", sim.vma_url())).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
@@ -39,10 +42,20 @@ async fn golden_progress_body_keys_order_and_types() {
     let text = resp.text().await.unwrap();
     let body: Value = serde_json::from_str(&text).unwrap();
     let expected = [
-        ("job_id", "string"), ("status", "string"), ("sync_type", "string"), ("phase", "string"),
-        ("percentage", "number"), ("current_operation", "string"), ("bytes_transferred", "number"),
-        ("total_bytes", "number"), ("throughput", "object"), ("timing", "object"), ("vm_info", "object"),
-        ("phases", "array"), ("errors", "array"), ("last_error", "null"),
+        ("job_id", "string"),
+        ("status", "string"),
+        ("sync_type", "string"),
+        ("phase", "string"),
+        ("percentage", "number"),
+        ("current_operation", "string"),
+        ("bytes_transferred", "number"),
+        ("total_bytes", "number"),
+        ("throughput", "object"),
+        ("timing", "object"),
+        ("vm_info", "object"),
+        ("phases", "array"),
+        ("errors", "array"),
+        ("last_error", "null"),
     ];
     // Key order as the real VMA writes it (serde_json keeps insertion order only with preserve_order,
     // so check the raw text's order).
@@ -54,9 +67,36 @@ async fn golden_progress_body_keys_order_and_types() {
     want.sort();
     assert_eq!(got, want);
     let nested = [
-        ("throughput", vec![("average_mbps", "number"), ("current_mbps", "number"), ("last_update", "string"), ("peak_mbps", "number")]),
-        ("timing", vec![("elapsed_ms", "number"), ("eta_seconds", "number"), ("last_update", "string"), ("phase_elapsed_ms", "number"), ("phase_start", "string"), ("start_time", "string")]),
-        ("vm_info", vec![("cbt_enabled", "bool"), ("disk_size_bytes", "number"), ("disk_size_gb", "number"), ("name", "string"), ("path", "string")]),
+        (
+            "throughput",
+            vec![
+                ("average_mbps", "number"),
+                ("current_mbps", "number"),
+                ("last_update", "string"),
+                ("peak_mbps", "number"),
+            ],
+        ),
+        (
+            "timing",
+            vec![
+                ("elapsed_ms", "number"),
+                ("eta_seconds", "number"),
+                ("last_update", "string"),
+                ("phase_elapsed_ms", "number"),
+                ("phase_start", "string"),
+                ("start_time", "string"),
+            ],
+        ),
+        (
+            "vm_info",
+            vec![
+                ("cbt_enabled", "bool"),
+                ("disk_size_bytes", "number"),
+                ("disk_size_gb", "number"),
+                ("name", "string"),
+                ("path", "string"),
+            ],
+        ),
     ];
     for (key, fields) in nested {
         let mut got = keys_and_types(&body[key]);
@@ -67,7 +107,16 @@ async fn golden_progress_body_keys_order_and_types() {
     assert_eq!(body["phases"].as_array().unwrap().len(), 1);
     let mut phase = keys_and_types(&body["phases"][0]);
     phase.sort();
-    assert_eq!(phase, vec![("duration_ms".into(), "number"), ("end_time".into(), "string"), ("name".into(), "string"), ("start_time".into(), "string"), ("status".into(), "string")]);
+    assert_eq!(
+        phase,
+        vec![
+            ("duration_ms".into(), "number"),
+            ("end_time".into(), "string"),
+            ("name".into(), "string"),
+            ("start_time".into(), "string"),
+            ("status".into(), "string")
+        ]
+    );
     assert_eq!(body["status"], "in_progress");
     assert_eq!(body["phase"], "Transfer");
     assert_eq!(body["current_operation"], "Transferring Data");
@@ -108,10 +157,12 @@ async fn replicate_then_progress_by_job_id_and_by_export_name() {
     assert_eq!(body["job_id"], "job-r");
     assert_eq!(body["vm_count"], 1);
     for id in ["job-r", "migration-vol-11", "migration-vol-22"] {
-        let body: Value = http.get(format!("{}/api/v1/progress/{id}", sim.vma_url())).send().await.unwrap().json().await.unwrap();
+        let body: Value =
+            http.get(format!("{}/api/v1/progress/{id}", sim.vma_url())).send().await.unwrap().json().await.unwrap();
         assert_eq!(body["job_id"], "job-r", "{id}");
     }
-    let status: Value = http.get(format!("{}/api/v1/status/job-r", sim.vma_url())).send().await.unwrap().json().await.unwrap();
+    let status: Value =
+        http.get(format!("{}/api/v1/status/job-r", sim.vma_url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "running");
     let bad = http.post(format!("{}/api/v1/replicate", sim.vma_url())).body("{").send().await.unwrap();
     assert_eq!(bad.status(), 400);
@@ -125,7 +176,8 @@ async fn update_auto_creates_a_job() {
     assert_eq!(first, json!({"status": "success", "auto_initialized": true, "job_id": "job-u"}));
     let second: Value = http.post(&url).json(&json!({"percent": 60.0})).send().await.unwrap().json().await.unwrap();
     assert_eq!(second, json!({"status": "success", "job_id": "job-u"}));
-    let body: Value = http.get(format!("{}/api/v1/progress/job-u", sim.vma_url())).send().await.unwrap().json().await.unwrap();
+    let body: Value =
+        http.get(format!("{}/api/v1/progress/job-u", sim.vma_url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["percentage"], 60.0);
     assert_eq!(body["sync_type"], "full");
     assert_eq!(body["phase"], "Transfer");
@@ -196,7 +248,10 @@ async fn counted_and_timed_transitions_over_http() {
     assert_eq!(pcts[0], ("in_progress".to_string(), 10.0));
     assert_eq!(pcts[2], ("in_progress".to_string(), 30.0));
     assert_eq!(pcts[3].0, "completed");
-    control.put_job_json("t", &json!({"mode": "running", "transitions": [{"after": "200ms", "mode": "not_found"}]})).await.unwrap();
+    control
+        .put_job_json("t", &json!({"mode": "running", "transitions": [{"after": "200ms", "mode": "not_found"}]}))
+        .await
+        .unwrap();
     assert_eq!(get(&http, &sim, "t").await.unwrap().0, 200);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
@@ -311,7 +366,12 @@ async fn bad_control_input_is_a_400_naming_the_field() {
         let body: Value = resp.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains(field), "{body}");
     }
-    let resp = http.put(format!("{}/sim/v1/faults", sim.control_url())).json(&json!({"unreachable": {"mode": "sideways"}})).send().await.unwrap();
+    let resp = http
+        .put(format!("{}/sim/v1/faults", sim.control_url()))
+        .json(&json!({"unreachable": {"mode": "sideways"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let resp = http.post(format!("{}/sim/v1/scenario", sim.control_url())).body("name = \n").send().await.unwrap();
     assert_eq!(resp.status(), 400);
@@ -349,18 +409,30 @@ fn the_journal_stays_bounded_after_a_million_requests() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+    fn entry(at: chrono::DateTime<chrono::Utc>, i: u64) -> sim_vma::journal::Entry {
+        sim_vma::journal::Entry {
+            seq: 0,
+            at,
+            method: "GET".into(),
+            path: "/api/v1/progress/job-1".into(),
+            job: Some("job-1".into()),
+            outcome: "progress".into(),
+            status: 200,
+            latency_ms: i as f64,
+        }
+    }
     let mut journal = sim_vma::journal::Journal::new(10_000);
     let now = chrono::Utc::now();
     for i in 0..100_000u64 {
         journal.poll_started("job-1", now);
         journal.poll_finished("job-1", "progress");
-        journal.record("GET", "/api/v1/progress/job-1", Some("job-1"), "progress", 200, now, i as f64);
+        journal.record(entry(now, i));
     }
     let before = rss_kib();
     for i in 0..1_000_000u64 {
         journal.poll_started("job-1", now);
         journal.poll_finished("job-1", "progress");
-        journal.record("GET", "/api/v1/progress/job-1", Some("job-1"), "progress", 200, now, i as f64);
+        journal.record(entry(now, i));
     }
     let after = rss_kib();
     assert_eq!(journal.len(), 10_000);

@@ -65,7 +65,10 @@ async fn field_lists_job(world: &mut OmaWorld, path: String) {
     let id = world.job();
     let (_, body) = response(world);
     let list = pointer(body, &path).as_array().cloned().unwrap_or_default();
-    assert!(list.iter().any(|v| v == &Value::String(id.clone()) || v["job_id"] == id.as_str()), "{id} not in {path}: {body}");
+    assert!(
+        list.iter().any(|v| v == &Value::String(id.clone()) || v["job_id"] == id.as_str()),
+        "{id} not in {path}: {body}"
+    );
 }
 
 #[then(regex = r"^the response contains no technical error text$")]

@@ -24,10 +24,11 @@ async fn seed(world: &mut OmaWorld, alias: &str, seed: SeedJob) {
 
 #[given(regex = r"^there are no active jobs in the database$")]
 async fn no_active_jobs(world: &mut OmaWorld) {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) as active_jobs FROM replication_jobs WHERE status = 'replicating';")
-        .fetch_one(world.lab().pool())
-        .await
-        .expect("query");
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) as active_jobs FROM replication_jobs WHERE status = 'replicating';")
+            .fetch_one(world.lab().pool())
+            .await
+            .expect("query");
     assert_eq!(n, 0);
 }
 
@@ -75,7 +76,13 @@ async fn bytes_match(world: &mut OmaWorld) {
 async fn failed_job_with_error(world: &mut OmaWorld, error: String) {
     let id = next_job_id(world);
     seed(world, "", SeedJob::replicating(&id, 50.0, 1.0)).await;
-    let fin = oma::db::Finalization::failed(oma::domain::JobStatus::Failed, oma::domain::FailureClass::VmaReportedFailure, error, None, None);
+    let fin = oma::db::Finalization::failed(
+        oma::domain::JobStatus::Failed,
+        oma::domain::FailureClass::VmaReportedFailure,
+        error,
+        None,
+        None,
+    );
     oma::db::finalize_job(world.lab().pool(), &id, &fin).await.expect("finalize");
 }
 
@@ -97,11 +104,20 @@ async fn started_through_api(world: &mut OmaWorld) {
     let (status, body) = create_replication(world, &vm).await;
     assert_eq!(status, 201, "{body}");
     let id = body["job_id"].as_str().expect("job_id").to_string();
-    let names: Vec<String> = body["created_volumes"].as_array().expect("volumes").iter().map(|v| v["nbd_export_name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = body["created_volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .map(|v| v["nbd_export_name"].as_str().unwrap().to_string())
+        .collect();
     world.jobs.insert(String::new(), id.clone());
     world.export_names.insert(String::new(), names.clone());
     // The copy process starts: progress moves 1 % per poll from 15 %.
-    world.lab().vma_job(&id, &names, json!({"mode": "running", "start_percent": 15, "rate_per_poll": 1})).await.expect("sim job");
+    world
+        .lab()
+        .vma_job(&id, &names, json!({"mode": "running", "start_percent": 15, "rate_per_poll": 1}))
+        .await
+        .expect("sim job");
 }
 
 #[given(regex = r"^the job has reached (\d+)% progress$")]
@@ -145,7 +161,11 @@ async fn job_stays(world: &mut OmaWorld, status: String) {
 }
 
 fn field(row: &oma::db::JobRow, name: &str) -> Value {
-    serde_json::to_value(row).expect("row json").get(name).cloned().unwrap_or_else(|| panic!("replication_jobs has no column {name}"))
+    serde_json::to_value(row)
+        .expect("row json")
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("replication_jobs has no column {name}"))
 }
 
 #[then(regex = r#"^the job's (\w+) is "([^"]*)"$"#)]
@@ -221,7 +241,8 @@ async fn context_counts(world: &mut OmaWorld, ok: i32, failed: i32) {
 #[then(regex = r#"^the VM's operation summary says the replication "(\w+)"$"#)]
 async fn operation_summary(world: &mut OmaWorld, status: String) {
     let ctx = world.lab().context_of(&world.job()).await.expect("context");
-    let summary: Value = serde_json::from_str(ctx.last_operation_summary.as_deref().expect("last_operation_summary")).expect("json");
+    let summary: Value =
+        serde_json::from_str(ctx.last_operation_summary.as_deref().expect("last_operation_summary")).expect("json");
     assert_eq!(summary["status"], status.as_str(), "{summary}");
     assert_eq!(summary["operation_type"], "replication");
     if status == "failed" {
@@ -238,7 +259,9 @@ pub async fn poll_times(world: &OmaWorld, since: DateTime<Utc>) -> Vec<DateTime<
         .unwrap_or_default()
         .iter()
         .filter(|e| e["method"] == "GET")
-        .filter_map(|e| e["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)))
+        .filter_map(|e| {
+            e["at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
+        })
         .filter(|t| *t > since)
         .collect()
 }
@@ -314,7 +337,11 @@ async fn progress_continues(world: &mut OmaWorld) {
         .lab()
         .wait_until("progress to move past the value before the restart", WAIT, || async {
             let row = world.lab().job(&id).await?;
-            Ok(if row.progress_percent > before.progress_percent { Ok(()) } else { Err(format!("{}% (before: {}%)", row.progress_percent, before.progress_percent)) })
+            Ok(if row.progress_percent > before.progress_percent {
+                Ok(())
+            } else {
+                Err(format!("{}% (before: {}%)", row.progress_percent, before.progress_percent))
+            })
         })
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -366,7 +393,8 @@ async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
         let alias = if i < running { format!("running-{i}") } else { format!("completed-{i}") };
         seed(world, &alias, SeedJob::replicating(&id, 30.0, 1.0)).await;
         let names = world.export_names[&alias].clone();
-        let spec = if i < running { json!({"mode": "running", "start_percent": 30}) } else { json!({"mode": "completed"}) };
+        let spec =
+            if i < running { json!({"mode": "running", "start_percent": 30}) } else { json!({"mode": "completed"}) };
         world.lab().vma_job(&id, &names, spec).await.expect("sim");
         if i == 0 {
             world.jobs.insert(String::new(), id.clone());
@@ -377,7 +405,8 @@ async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
 
 #[then(regex = r"^every completed job is finalized exactly once$")]
 async fn finalized_once(world: &mut OmaWorld) {
-    let completed: Vec<String> = world.jobs.iter().filter(|(a, _)| a.starts_with("completed-")).map(|(_, id)| id.clone()).collect();
+    let completed: Vec<String> =
+        world.jobs.iter().filter(|(a, _)| a.starts_with("completed-")).map(|(_, id)| id.clone()).collect();
     for id in &completed {
         world.lab().wait_for_status(id, "completed", WAIT).await.unwrap_or_else(|e| panic!("{e:#}"));
         let n: usize = world.lab().omas.iter().map(|o| o.log.count(&format!("Job {id} marked as completed"))).sum();
@@ -387,7 +416,8 @@ async fn finalized_once(world: &mut OmaWorld) {
 
 #[then(regex = r"^every running job is polled by exactly one process$")]
 async fn running_polled_once(world: &mut OmaWorld) {
-    let running: Vec<String> = world.jobs.iter().filter(|(a, _)| a.starts_with("running-")).map(|(_, id)| id.clone()).collect();
+    let running: Vec<String> =
+        world.jobs.iter().filter(|(a, _)| a.starts_with("running-")).map(|(_, id)| id.clone()).collect();
     let interval = world.lab().oma().config.poll_interval;
     tokio::time::sleep(interval * 10).await;
     for id in &running {

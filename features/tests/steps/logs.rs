@@ -12,7 +12,8 @@ async fn any_oma_logged(world: &OmaWorld, needle: &str) -> Result<(), String> {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            let tails: Vec<String> = world.lab().omas.iter().map(|o| format!("--- {}:\n{}", o.name, o.log.tail(25))).collect();
+            let tails: Vec<String> =
+                world.lab().omas.iter().map(|o| format!("--- {}:\n{}", o.name, o.log.tail(25))).collect();
             return Err(format!("no OMA logged {needle:?} within {WAIT:?}\n{}", tails.join("\n")));
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;

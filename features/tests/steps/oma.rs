@@ -97,7 +97,8 @@ async fn starts_without_errors(world: &mut OmaWorld) {
     let lab = world.lab_mut();
     let oma = lab.oma_mut();
     assert!(oma.is_running(), "oma-api is not running:\n{}", oma.log.tail(20));
-    let errors: Vec<String> = oma.log.lines().into_iter().filter(|l| l.contains(" ERROR ") || l.contains("\"level\":\"ERROR\"")).collect();
+    let errors: Vec<String> =
+        oma.log.lines().into_iter().filter(|l| l.contains(" ERROR ") || l.contains("\"level\":\"ERROR\"")).collect();
     assert!(errors.is_empty(), "error lines in the log: {errors:#?}");
 }
 

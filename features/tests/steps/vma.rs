@@ -58,12 +58,20 @@ async fn vma_http200(world: &mut OmaWorld) {
 
 #[given(regex = r"^the VMA does not know the job for (\d+) polls, then runs it at (\d+)%$")]
 async fn vma_late(world: &mut OmaWorld, polls: u64, pct: f64) {
-    set_job(world, json!({"mode": "not_found", "transitions": [{"after_polls": polls, "mode": "running", "start_percent": pct}]})).await;
+    set_job(
+        world,
+        json!({"mode": "not_found", "transitions": [{"after_polls": polls, "mode": "running", "start_percent": pct}]}),
+    )
+    .await;
 }
 
 #[given(regex = r"^the VMA's copy process for the job died at (\d+)%$")]
 async fn vma_stale(world: &mut OmaWorld, pct: f64) {
-    set_job(world, json!({"mode": "running", "start_percent": pct, "transitions": [{"after_polls": 0, "mode": "stale"}]})).await;
+    set_job(
+        world,
+        json!({"mode": "running", "start_percent": pct, "transitions": [{"after_polls": 0, "mode": "stale"}]}),
+    )
+    .await;
 }
 
 #[given(regex = r"^the VMA answers the job slowly, taking (\d+) ms$")]
@@ -84,7 +92,12 @@ async fn vma_unreachable_by(world: &mut OmaWorld, mode: String) {
 
 #[given(regex = r"^the VMA answers every request with status (\d+)$")]
 async fn vma_errors(world: &mut OmaWorld, status: u16) {
-    world.lab().control.set_faults_json(&json!({"error_rate": {"status": status, "probability": 1.0}})).await.expect("faults");
+    world
+        .lab()
+        .control
+        .set_faults_json(&json!({"error_rate": {"status": status, "probability": 1.0}}))
+        .await
+        .expect("faults");
 }
 
 #[when(regex = r"^the VMA is started again$")]
@@ -114,10 +127,15 @@ async fn one_poller(world: &mut OmaWorld) {
     let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
     // Since the OMA (re)started, every request for the job - recovery's check included - is
     // about one interval after the previous one: never two pollers, never a burst.
-    let since = world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
+    let since =
+        world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
     let recent = crate::steps::jobs::poll_times(world, since).await;
     assert!(recent.len() >= 5, "only {} polls since {since}", recent.len());
-    let gaps: Vec<f64> = recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    let gaps: Vec<f64> =
+        recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
     assert!(gaps.iter().all(|g| *g >= interval * 0.5), "polls closer than half an interval ({interval} ms): {gaps:?}");
-    assert!(gaps.iter().all(|g| *g <= interval * 1.6), "polls further apart than 1.6 intervals ({interval} ms): {gaps:?}");
+    assert!(
+        gaps.iter().all(|g| *g <= interval * 1.6),
+        "polls further apart than 1.6 intervals ({interval} ms): {gaps:?}"
+    );
 }
