@@ -94,6 +94,19 @@ async fn run_cli(world: &mut OmaWorld, args: String) {
     world.command = Some((out.status.code().unwrap_or(-1), text));
 }
 
+#[when(regex = r#"^I run "oma-api ([^"]*)"$"#)]
+async fn run_oma_api(world: &mut OmaWorld, args: String) {
+    let bin = oma_acceptance::oma_process::oma_api_binary().await.expect("oma-api");
+    let out = tokio::process::Command::new(bin)
+        .args(args.split_whitespace())
+        .env("OMA_DATABASE_URL", &world.lab().db().url)
+        .output()
+        .await
+        .expect("oma-api runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    world.command = Some((out.status.code().unwrap_or(-1), text));
+}
+
 #[then(regex = r"^the command exits with (\d+)$")]
 async fn exits_with(world: &mut OmaWorld, code: i32) {
     let (c, out) = world.command.as_ref().expect("a command ran");
@@ -105,4 +118,11 @@ async fn output_contains(world: &mut OmaWorld, text: String) {
     let needle = world.expand(&text);
     let (_, out) = world.command.as_ref().expect("a command ran");
     assert!(out.contains(&needle), "{needle:?} not in:\n{out}");
+}
+
+#[then(regex = r#"^the command's JSON field "([^"]*)" is (\d+)$"#)]
+async fn command_json_field(world: &mut OmaWorld, path: String, expected: f64) {
+    let (_, out) = world.command.as_ref().expect("a command ran");
+    let body: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("output is not JSON ({e}): {out}"));
+    assert_eq!(pointer(&body, &path).as_f64(), Some(expected), "{path} in {body}");
 }

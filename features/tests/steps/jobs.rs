@@ -23,6 +23,7 @@ async fn seed(world: &mut OmaWorld, alias: &str, seed: SeedJob) {
 }
 
 #[given(regex = r"^there are no active jobs in the database$")]
+#[when(regex = r"^there are no active jobs in the database$")]
 async fn no_active_jobs(world: &mut OmaWorld) {
     let n: i64 =
         sqlx::query_scalar("SELECT COUNT(*) as active_jobs FROM replication_jobs WHERE status = 'replicating';")
@@ -33,6 +34,7 @@ async fn no_active_jobs(world: &mut OmaWorld) {
 }
 
 #[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago$")]
+#[when(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago$")]
 async fn seeded_job(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
     let id = next_job_id(world);
     let mut job = SeedJob::replicating(&id, pct, minutes);
@@ -41,6 +43,7 @@ async fn seeded_job(world: &mut OmaWorld, status: String, pct: f64, minutes: f64
 }
 
 #[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
+#[when(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
 async fn seeded_never_polled(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
     let id = next_job_id(world);
     let mut job = SeedJob::replicating(&id, pct, minutes);
@@ -51,6 +54,7 @@ async fn seeded_never_polled(world: &mut OmaWorld, status: String, pct: f64, min
 }
 
 #[given(regex = r"^the job's progress last changed (\d+) minutes ago$")]
+#[when(regex = r"^the job's progress last changed (\d+) minutes ago$")]
 async fn progress_changed_ago(world: &mut OmaWorld, minutes: i64) {
     sqlx::query("UPDATE replication_jobs SET progress_changed_at = NOW(3) - INTERVAL ? MINUTE WHERE id = ?")
         .bind(minutes)
@@ -61,6 +65,7 @@ async fn progress_changed_ago(world: &mut OmaWorld, minutes: i64) {
 }
 
 #[given(regex = r"^the job's bytes match what the VMA reports$")]
+#[when(regex = r"^the job's bytes match what the VMA reports$")]
 async fn bytes_match(world: &mut OmaWorld) {
     let view = world.lab().control.get_job(&world.job()).await.expect("sim job");
     sqlx::query("UPDATE replication_jobs SET bytes_transferred = ?, progress_percent = ? WHERE id = ?")
@@ -73,6 +78,7 @@ async fn bytes_match(world: &mut OmaWorld) {
 }
 
 #[given(regex = r#"^a failed job whose error was "([^"]*)"$"#)]
+#[when(regex = r#"^a failed job whose error was "([^"]*)"$"#)]
 async fn failed_job_with_error(world: &mut OmaWorld, error: String) {
     let id = next_job_id(world);
     seed(world, "", SeedJob::replicating(&id, 50.0, 1.0)).await;
@@ -98,6 +104,7 @@ pub async fn create_replication(world: &mut OmaWorld, vm: &str) -> (u16, Value) 
 }
 
 #[given(regex = r"^a replication job was started through the API$")]
+#[when(regex = r"^a replication job was started through the API$")]
 async fn started_through_api(world: &mut OmaWorld) {
     world.vm_counter += 1;
     let vm = format!("QUAD-APP-{:02}", world.vm_counter);
@@ -121,6 +128,7 @@ async fn started_through_api(world: &mut OmaWorld) {
 }
 
 #[given(regex = r"^the job has reached (\d+)% progress$")]
+#[then(regex = r"^the job's progress reaches (\d+)%$")]
 async fn reached(world: &mut OmaWorld, pct: f64) {
     let id = world.job();
     world
@@ -387,6 +395,7 @@ async fn never_polled_appears(world: &mut OmaWorld, status: String, pct: f64) {
 }
 
 #[given(regex = r"^(\d+) running jobs? and (\d+) jobs? completed on the VMA$")]
+#[when(regex = r"^(\d+) running jobs? and (\d+) jobs? completed on the VMA$")]
 async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
     for i in 0..running + completed {
         let id = next_job_id(world);
@@ -427,4 +436,62 @@ async fn running_polled_once(world: &mut OmaWorld) {
         let state = oma::db::polling_state(world.lab().pool(), id).await.expect("q").expect("polling state");
         assert!(state.is_active);
     }
+}
+
+#[given(regex = r"^the VM had an earlier successful replication$")]
+#[when(regex = r"^the VM had an earlier successful replication$")]
+async fn earlier_success(world: &mut OmaWorld) {
+    let job = world.lab().job(&world.job()).await.expect("row");
+    let ctx = job.vm_context_id.expect("context");
+    let id = format!("{}-earlier", job.id);
+    sqlx::query(
+        "INSERT INTO replication_jobs (id, vm_context_id, source_vm_id, source_vm_name, source_vm_path, status, progress_percent, \
+         current_operation, created_at, updated_at, completed_at) VALUES (?, ?, ?, ?, ?, 'completed', 100, 'Completed', \
+         NOW(3) - INTERVAL 2 DAY, NOW(3) - INTERVAL 2 DAY, NOW(3) - INTERVAL 2 DAY)",
+    )
+    .bind(&id)
+    .bind(&ctx)
+    .bind(&job.source_vm_id)
+    .bind(&job.source_vm_name)
+    .bind(&job.source_vm_path)
+    .execute(world.lab().pool())
+    .await
+    .expect("insert");
+    sqlx::query("UPDATE vm_replication_contexts SET successful_jobs = 1, total_jobs_run = 2, last_successful_job_id = ? WHERE context_id = ?")
+        .bind(&id)
+        .bind(&ctx)
+        .execute(world.lab().pool())
+        .await
+        .expect("update");
+}
+
+#[then(regex = r#"^the health report shows recovery "(\w+)"$"#)]
+async fn health_recovery(world: &mut OmaWorld, state: String) {
+    let body: Value = world.lab().http.get(format!("{}/health", world.lab().oma().url())).send().await.expect("GET").json().await.expect("json");
+    assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(body["recovery"]["state"], state.as_str(), "{body}");
+}
+
+#[when(regex = r"^I try to start a replication of the job's VM$")]
+async fn try_replication(world: &mut OmaWorld) {
+    let ctx = world.lab().context_of(&world.job()).await.expect("context");
+    let vm = ctx.vm_name.clone();
+    world.response = Some(create_replication(world, &vm).await);
+}
+
+#[when(regex = r"^I try to start a replication of a new VM$")]
+async fn try_new_replication(world: &mut OmaWorld) {
+    world.vm_counter += 1;
+    let vm = format!("QUAD-NEW-{:02}", world.vm_counter);
+    let (status, body) = create_replication(world, &vm).await;
+    if let Some(id) = body["job_id"].as_str() {
+        world.jobs.insert(String::new(), id.to_string());
+    } else if let Ok(id) = sqlx::query_scalar::<_, String>("SELECT id FROM replication_jobs WHERE source_vm_name = ?")
+        .bind(&vm)
+        .fetch_one(world.lab().pool())
+        .await
+    {
+        world.jobs.insert(String::new(), id);
+    }
+    world.response = Some((status, body));
 }

@@ -12,6 +12,7 @@ async fn set_job(world: &OmaWorld, spec: serde_json::Value) {
 }
 
 #[given(regex = r"^the VMA is running$")]
+#[when(regex = r"^the VMA is running$")]
 async fn vma_running(world: &mut OmaWorld) {
     let health = world.lab().control.health().await.expect("sim-vma control API");
     assert_eq!(health["listener_up"], true);
@@ -24,17 +25,20 @@ async fn vma_runs_at(world: &mut OmaWorld, pct: f64) {
 }
 
 #[given(regex = r"^the VMA is running the job at (\d+(?:\.\d+)?)% and advancing$")]
+#[when(regex = r"^the VMA is running the job at (\d+(?:\.\d+)?)% and advancing$")]
 async fn vma_runs_advancing(world: &mut OmaWorld, pct: f64) {
     set_job(world, json!({"mode": "running", "start_percent": pct, "rate_per_poll": 0.5})).await;
 }
 
 #[given(regex = r#"^the VMA is running the job in phase "([^"]*)" at (\d+)%$"#)]
+#[when(regex = r#"^the VMA is running the job in phase "([^"]*)" at (\d+)%$"#)]
 async fn vma_runs_phase(world: &mut OmaWorld, phase: String, pct: f64) {
     set_job(world, json!({"mode": "running", "start_percent": pct, "phases": [phase]})).await;
 }
 
 #[given(regex = r"^the VMA reports the job completed$")]
 #[when(regex = r"^the job completes on the VMA$")]
+#[when(regex = r"^the VMA reports the job completed$")]
 async fn vma_completed(world: &mut OmaWorld) {
     set_job(world, json!({"mode": "completed"})).await;
 }
@@ -52,11 +56,13 @@ async fn vma_unknown(world: &mut OmaWorld) {
 }
 
 #[given(regex = r#"^the VMA answers HTTP 200 "job not found" for the job$"#)]
+#[when(regex = r#"^the VMA (?:starts answering|answers) HTTP 200 "job not found" for the job$"#)]
 async fn vma_http200(world: &mut OmaWorld) {
     set_job(world, json!({"mode": "http200_not_found"})).await;
 }
 
 #[given(regex = r"^the VMA does not know the job for (\d+) polls, then runs it at (\d+)%$")]
+#[when(regex = r"^the VMA loses the job for (\d+) polls, then runs it at (\d+)%$")]
 async fn vma_late(world: &mut OmaWorld, polls: u64, pct: f64) {
     set_job(
         world,
@@ -65,7 +71,13 @@ async fn vma_late(world: &mut OmaWorld, polls: u64, pct: f64) {
     .await;
 }
 
+#[when(regex = r"^the VMA's copy process for the job dies$")]
+async fn vma_copy_dies(world: &mut OmaWorld) {
+    set_job(world, json!({"mode": "stale"})).await;
+}
+
 #[given(regex = r"^the VMA's copy process for the job died at (\d+)%$")]
+#[when(regex = r"^the VMA's copy process for the job died at (\d+)%$")]
 async fn vma_stale(world: &mut OmaWorld, pct: f64) {
     set_job(
         world,
@@ -75,6 +87,7 @@ async fn vma_stale(world: &mut OmaWorld, pct: f64) {
 }
 
 #[given(regex = r"^the VMA answers the job slowly, taking (\d+) ms$")]
+#[when(regex = r"^the VMA answers the job slowly, taking (\d+) ms$")]
 async fn vma_slow(world: &mut OmaWorld, ms: u64) {
     set_job(world, json!({"mode": "slow", "delay": format!("{ms}ms"), "start_percent": 30})).await;
 }
@@ -86,11 +99,13 @@ async fn vma_stopped(world: &mut OmaWorld) {
 }
 
 #[given(regex = r"^the VMA is unreachable by (refused|blackhole|reset|hang_after_headers)$")]
+#[when(regex = r"^the VMA is unreachable by (refused|blackhole|reset|hang_after_headers)$")]
 async fn vma_unreachable_by(world: &mut OmaWorld, mode: String) {
     world.lab().control.set_faults_json(&json!({"unreachable": {"mode": mode}})).await.expect("faults");
 }
 
 #[given(regex = r"^the VMA answers every request with status (\d+)$")]
+#[when(regex = r"^the VMA answers every request with status (\d+)$")]
 async fn vma_errors(world: &mut OmaWorld, status: u16) {
     world
         .lab()
@@ -121,8 +136,16 @@ async fn still_running_on_vma(world: &mut OmaWorld) {
 #[then(regex = r"^the job is polled by exactly one poller$")]
 async fn one_poller(world: &mut OmaWorld) {
     let id = world.job();
+    let since = world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
+    world
+        .lab()
+        .wait_until("six polls since the OMA started", super::WAIT, || async {
+            let n = crate::steps::jobs::poll_times(world, since).await.len();
+            Ok(if n >= 6 { Ok(()) } else { Err(format!("{n} polls")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let stats = world.lab().control.stats(&id).await.expect("stats");
-    assert!(stats.polls > 0, "the job was never polled");
     assert_eq!(stats.max_in_flight, 1, "more than one request in flight for {id}: {stats:?}");
     let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
     // Since the OMA (re)started, every request for the job - recovery's check included - is
@@ -138,4 +161,42 @@ async fn one_poller(world: &mut OmaWorld) {
         gaps.iter().all(|g| *g <= interval * 1.6),
         "polls further apart than 1.6 intervals ({interval} ms): {gaps:?}"
     );
+}
+
+#[given(regex = r"^the VMA knows the job only by its id, running at (\d+)%$")]
+#[when(regex = r"^the VMA knows the job only by its id, running at (\d+)%$")]
+async fn vma_only_by_id(world: &mut OmaWorld, pct: f64) {
+    let id = world.job();
+    world.lab().vma_job(&id, &[], json!({"mode": "running", "start_percent": pct})).await.expect("sim");
+}
+
+#[given(regex = r"^the VMA reports an older job completed under the job's export names$")]
+#[when(regex = r"^the VMA reports an older job completed under the job's export names$")]
+async fn vma_older_job_on_names(world: &mut OmaWorld) {
+    let names = world.export_names.get("").cloned().unwrap_or_default();
+    world.lab().vma_job("job-older-same-volumes", &names, json!({"mode": "completed"})).await.expect("sim");
+}
+
+#[then(regex = r"^no two polls of the job overlap$")]
+async fn no_overlap(world: &mut OmaWorld) {
+    let id = world.job();
+    let stats = world
+        .lab()
+        .wait_until("four polls of the job", super::WAIT, || async {
+            let stats = world.lab().control.stats(&id).await?;
+            Ok(if stats.polls >= 4 { Ok(stats) } else { Err(format!("{stats:?}")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(stats.max_in_flight, 1, "overlapping requests for {id}: {stats:?}");
+}
+
+#[then(regex = r"^the job is polled every interval$")]
+async fn polled_every_interval(world: &mut OmaWorld) {
+    let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let recent = crate::steps::jobs::poll_times(world, chrono::Utc::now() - chrono::Duration::seconds(1)).await;
+    let gaps: Vec<f64> = recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    assert!(recent.len() >= 6, "{} polls in the last second (interval {interval} ms)", recent.len());
+    assert!(gaps.iter().all(|g| *g >= interval * 0.5 && *g <= interval * 1.6), "gaps {gaps:?} (interval {interval} ms)");
 }

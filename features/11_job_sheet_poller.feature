@@ -1,0 +1,73 @@
+@job-sheet
+Feature: Job sheet - poller error detection, health monitor and no duplicate polling (tasks 2.1 - 2.3)
+
+  @regression
+  Scenario: Defect 1 - HTTP 200 "job not found" at recovery is detected as not found
+    Given a replicating job at 50% last updated 3 minutes ago
+    And the VMA answers HTTP 200 "job not found" for the job
+    When the OMA API is started
+    Then the logs show "not found on VMA (HTTP 200 'not found')"
+    And the job is "failed" with classification "job_lost"
+
+  Scenario: The poller respects the grace period for a job the VMA does not know yet
+    Given the OMA API is running
+    And a replication job was started through the API
+    When the VMA loses the job for 5 polls, then runs it at 20%
+    Then the job's progress reaches 20%
+    And the job stays "replicating"
+    And the logs do not show "marked as failed"
+
+  @regression
+  Scenario: Defect 15 - after the grace period the poller finalizes a job the VMA no longer knows
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the VMA starts answering HTTP 200 "job not found" for the job
+    Then the job is "failed" with classification "job_lost"
+    And the VM context allows new operations
+
+  @regression
+  Scenario: Defect 2.3 - the health monitor re-attaches an orphaned job
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When polling of the job is stopped through the API
+    Then the logs show "Found job not being polled - restarting"
+    And the logs show "Health monitor: Job {job} NOT being polled (orphaned) - investigating"
+    And the job is polled again within 5 seconds
+    And the job's progress is written again within 5 seconds
+    And no two polls of the job overlap
+    And the job is polled every interval
+
+  @regression
+  Scenario: Defect 5 and 15 - the health monitor rescues a job that was never polled
+    Given the OMA API is running
+    When a job the OMA never polled appears as ready_for_sync at 35%
+    Then the logs show "Found job not being polled - restarting"
+    And the job's progress is written again within 5 seconds
+    And the job is "replicating"
+    And the job's polling_restarted_at is set
+
+  Scenario: No duplicate polling after a restart
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the OMA API is restarted
+    Then the logs show "Successfully restarted VMA progress polling for job {job}"
+    And the job is polled by exactly one poller
+    And the job is polled every interval
+
+  Scenario: Two OMA processes starting at once never double-poll or double-finalize
+    Given 4 running jobs and 2 jobs completed on the VMA
+    When two OMA API processes start at the same time
+    Then every completed job is finalized exactly once
+    And every running job is polled by exactly one process
+
+  @regression
+  Scenario: Defect 16 - a slow VMA never causes overlapping polls or bursts
+    Given a replicating job at 30% last updated 1 minutes ago
+    And the VMA answers the job slowly, taking 350 ms
+    When the OMA API is started
+    Then the job's progress is written again within 5 seconds
+    And no two polls of the job overlap
+    And the job stays "replicating"

@@ -1,0 +1,90 @@
+@job-sheet
+Feature: Job sheet - observability endpoints (phase 4) and production testing criteria (task 5.3)
+
+  Scenario: The recovery status endpoint and the manual trigger
+    Given the health monitor checks every 60000 ms
+    And the OMA API is running
+    When a job the OMA never polled appears as replicating at 95%
+    And the VMA reports the job completed
+    And I GET "/api/v1/job-recovery/status"
+    Then the response status is 200
+    And the response field "last_run/trigger" is "startup"
+    And the response field "not_polled" is 1
+    When I POST "/api/v1/job-recovery/trigger?dry_run=true"
+    Then the response status is 200
+    And the response field "summary/planned" is 1
+    And the response field "jobs/0/decision" is "mark completed"
+    And the job stays "replicating"
+    When I POST "/api/v1/job-recovery/trigger"
+    Then the response status is 200
+    And the response field "summary/completed" is 1
+    And the job is "completed"
+    And the recovery metadata shows method "manual"
+
+  Scenario: The polling status endpoints show the polled job
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When I GET "/api/v1/vma-polling/status"
+    Then the response status is 200
+    And the response field "active_jobs_count" is 1
+    And the response field "active_jobs" lists the job
+    And the response field "vma_api_healthy" is "true"
+    When I GET "/api/v1/vma-polling/jobs/{job}"
+    Then the response status is 200
+    And the response field "is_polling" is "true"
+    And the response field "persisted_state/is_active" is "true"
+    When I GET "/metrics"
+    Then the response status is 200
+
+  Scenario: Quick restart (under a minute) - jobs continue normally
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the OMA API is restarted
+    Then the job stays "replicating"
+    And progress continues from where it left off
+
+  Scenario: Long downtime (over 5 minutes) - jobs recover based on VMA status
+    Given a replicating job at 30% last updated 6 minutes ago
+    And the VMA is running the job at 60% and advancing
+    When the OMA API is started
+    Then the logs show "Job {job} still running on VMA"
+    And the job's progress reaches 60%
+    And the job stays "replicating"
+
+  Scenario: Polling restarts within 10 seconds of the OMA start
+    Given a replicating job at 30% last updated 2 minutes ago
+    And the VMA is running the job at 31%
+    When the OMA API is started
+    Then the logs show "Successfully restarted VMA progress polling for job {job}"
+    And polling restarted within 10 seconds of the OMA start
+
+  @regression
+  Scenario Outline: Defect 18 - zero false failures: a recent job survives a VMA that is <how>
+    Given a replicating job at 40% last updated 5 minutes ago
+    And <fault>
+    When the OMA API is started
+    Then the logs show "Job {job} - VMA unreachable but job is recent"
+    And the job stays "replicating"
+
+    Examples:
+      | how                       | fault                                          |
+      | refusing connections      | the VMA is unreachable by refused              |
+      | accepting and never answering | the VMA is unreachable by blackhole        |
+      | resetting connections     | the VMA is unreachable by reset                |
+      | hanging after the headers | the VMA is unreachable by hang_after_headers   |
+      | answering 503             | the VMA answers every request with status 503  |
+
+  @regression
+  Scenario Outline: Defect 18 - an old job is failed whichever way the VMA is unreachable (<fault>)
+    Given a replicating job at 40% last updated 45 minutes ago
+    And <fault>
+    When the OMA API is started
+    Then the job is "failed" with classification "vma_unreachable_timeout"
+
+    Examples:
+      | fault                                         |
+      | the VMA is unreachable by reset               |
+      | the VMA is unreachable by hang_after_headers  |
+      | the VMA answers every request with status 502 |

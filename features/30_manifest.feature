@@ -1,0 +1,68 @@
+@manifest
+Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, operation summary, migrations
+
+  @regression
+  Scenario: Defect 9 and 21 - a failed job clears current_job_id so a new replication is accepted
+    Given the OMA API is running
+    And a replication job was started through the API
+    When the job fails on the VMA with "snapshot removed by the hypervisor"
+    Then the job is "failed" with classification "vma_reported_failure"
+    And the VM context counts 0 successful and 1 failed job
+    And the VM context is "failed"
+    And the VM context allows new operations
+
+  @regression
+  Scenario: Defect 9 - a completed job frees the VM and records the success
+    Given a replicating job at 70% last updated 2 minutes ago
+    And the VMA reports the job completed
+    When the OMA API is started
+    Then the job is "completed"
+    And the VM context counts 1 successful and 0 failed jobs
+    And the VM context is "ready_for_failover"
+    And the VM context allows new operations
+
+  @regression
+  Scenario: Defect 10 - a failure after an earlier success leaves the VM ready for failover
+    Given a replicating job at 40% last updated 2 minutes ago
+    And the VM had an earlier successful replication
+    And the VMA reports the job failed with "disk read error"
+    When the OMA API is started
+    Then the job is "failed"
+    And the VM context counts 1 successful and 1 failed job
+    And the VM context is "ready_for_failover"
+
+  Scenario: The unified jobs list never shows technical error text
+    Given a failed job whose error was "virt-v2v: error: VirtIO drivers not found for /dev/nbd3"
+    And the OMA API is running
+    When I GET "/api/v1/vm-contexts/ctx-vm-{job}/recent-jobs"
+    Then the response status is 200
+    And the response field "count" is 1
+    And the response field "jobs/0/status" is "failed"
+    And the response field "jobs/0/error_message" is "Driver preparation failed - VM may not be compatible with automated conversion"
+    And the response field "jobs/0/error_category" is "compatibility"
+    And the response contains no technical error text
+
+  Scenario: The operation summary of a failed replication is stored for the GUI
+    Given a replicating job at 40% last updated 2 minutes ago
+    And the VMA does not know the job
+    When the OMA API is started
+    Then the job is "failed" with classification "job_lost"
+    And the VM's operation summary says the replication "failed"
+
+  Scenario: Migrations are idempotent
+    When I run "oma-api migrate"
+    Then the command exits with 0
+    When I run "oma-api migrate"
+    Then the command exits with 0
+    And the command output contains "migrations up to date"
+
+  @regression
+  Scenario: Defect 21 - a replication the VMA refuses frees the VM
+    Given the OMA API is running
+    And the VMA answers every request with status 500
+    When I try to start a replication of a new VM
+    Then the response status is 502
+    And the job is "replication_failed"
+    When the VMA is started again
+    And I try to start a replication of the job's VM
+    Then the response status is 201
