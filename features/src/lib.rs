@@ -5,6 +5,7 @@
 pub mod lab;
 pub mod mariadb;
 pub mod oma_process;
+pub mod play;
 
 pub use lab::{Lab, SeedJob};
 pub use oma_process::{OmaConfig, OmaProcess};

@@ -102,8 +102,8 @@ pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg
                 return Decision::Fail {
                     class: FailureClass::VmaStalled,
                     message: format!(
-                        "Replication stalled: no progress on VMA for {:.1} min (stuck at {:.1}%)",
-                        minutes_since(now, unchanged_since),
+                        "Replication stalled: no progress on VMA for {} (stuck at {:.1}%)",
+                        humantime::format_duration(Duration::from_secs(age(now, unchanged_since).as_secs())),
                         progress.percentage
                     ),
                     details: Some(format!(

@@ -207,6 +207,7 @@ pub fn apply_scenario(state: &Arc<SimState>, scenario: &Scenario) -> usize {
                     Action::ForgetJob(id) => {
                         state.forget_job(&id);
                     }
+                    Action::Oma(_) => {}
                 }
             }
         });

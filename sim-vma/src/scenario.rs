@@ -23,9 +23,41 @@ pub struct Scenario {
     pub faults: Option<FaultSpec>,
     #[serde(default)]
     pub timeline: Vec<toml::Spanned<TimelineStep>>,
-    /// What the OMA should do, for `oma-lab play` to show and check (free text per job id).
+    /// Environment for the OMA under test (`OMA_STALL_AFTER = "2s"` …), used by `oma-lab play`.
+    #[serde(default)]
+    pub oma_settings: std::collections::BTreeMap<String, String>,
+    /// Jobs as a previous OMA left them in its database (used by `oma-lab play`; sim-vma ignores them).
+    #[serde(default)]
+    pub oma_jobs: Vec<OmaJob>,
+    /// What the OMA should have done by the end, checked by `oma-lab play`.
     #[serde(default)]
     pub expect: Vec<Expectation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OmaJob {
+    pub id: String,
+    #[serde(default = "default_status")]
+    pub status: String,
+    #[serde(default)]
+    pub progress_percent: f64,
+    /// Minutes since the row was last updated (ages are past timestamps).
+    #[serde(default)]
+    pub updated_minutes_ago: f64,
+    #[serde(default)]
+    pub never_polled: bool,
+    /// The VMA job's export names are this job's `migration-vol-…` names.
+    #[serde(default = "default_disks")]
+    pub disks: usize,
+}
+
+fn default_status() -> String {
+    "replicating".into()
+}
+
+fn default_disks() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +67,9 @@ pub struct Expectation {
     pub status: String,
     #[serde(default)]
     pub classification: Option<String>,
+    /// Expect the job to be polled (vma_last_poll_at fresh) at the end.
+    #[serde(default)]
+    pub polled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +92,8 @@ pub enum Action {
     ClearFaults,
     Restart(Option<Duration>),
     ForgetJob(String),
+    /// For `oma-lab play`: `oma_stop`, `oma_start`, `oma_restart`, `oma_kill` (sim-vma ignores them).
+    Oma(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,11 +195,13 @@ impl TimelineStep {
             "clear_faults" => Action::ClearFaults,
             "restart" => Action::Restart(self.down_for.as_deref().map(|d| parse_duration("down_for", d)).transpose()?),
             "forget_job" => Action::ForgetJob(need_id()?),
+            a @ ("oma_stop" | "oma_start" | "oma_restart" | "oma_kill") => Action::Oma(a.to_string()),
             other => {
                 return Err(SpecError {
                     field: "action".into(),
                     message: format!(
-                        "unknown action {other:?}; use set_job, faults, clear_faults, restart or forget_job"
+                        "unknown action {other:?}; use set_job, faults, clear_faults, restart, forget_job, \
+                         oma_stop, oma_start, oma_restart or oma_kill"
                     ),
                 })
             }

@@ -467,7 +467,16 @@ async fn earlier_success(world: &mut OmaWorld) {
 
 #[then(regex = r#"^the health report shows recovery "(\w+)"$"#)]
 async fn health_recovery(world: &mut OmaWorld, state: String) {
-    let body: Value = world.lab().http.get(format!("{}/health", world.lab().oma().url())).send().await.expect("GET").json().await.expect("json");
+    let body: Value = world
+        .lab()
+        .http
+        .get(format!("{}/health", world.lab().oma().url()))
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["status"], "healthy", "{body}");
     assert_eq!(body["recovery"]["state"], state.as_str(), "{body}");
 }

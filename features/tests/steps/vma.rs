@@ -136,7 +136,8 @@ async fn still_running_on_vma(world: &mut OmaWorld) {
 #[then(regex = r"^the job is polled by exactly one poller$")]
 async fn one_poller(world: &mut OmaWorld) {
     let id = world.job();
-    let since = world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
+    let since =
+        world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
     world
         .lab()
         .wait_until("six polls since the OMA started", super::WAIT, || async {
@@ -196,7 +197,11 @@ async fn polled_every_interval(world: &mut OmaWorld) {
     let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let recent = crate::steps::jobs::poll_times(world, chrono::Utc::now() - chrono::Duration::seconds(1)).await;
-    let gaps: Vec<f64> = recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    let gaps: Vec<f64> =
+        recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
     assert!(recent.len() >= 6, "{} polls in the last second (interval {interval} ms)", recent.len());
-    assert!(gaps.iter().all(|g| *g >= interval * 0.5 && *g <= interval * 1.6), "gaps {gaps:?} (interval {interval} ms)");
+    assert!(
+        gaps.iter().all(|g| *g >= interval * 0.5 && *g <= interval * 1.6),
+        "gaps {gaps:?} (interval {interval} ms)"
+    );
 }
