@@ -300,3 +300,92 @@ impl Lab {
         }
     }
 }
+
+/// Insert many replicating jobs (one context, volume and disk each) with multi-row statements.
+/// Returns each job's export name. Used by the benchmarks.
+pub async fn seed_jobs_bulk(
+    pool: &sqlx::MySqlPool,
+    ids: &[String],
+    progress: f64,
+    updated_minutes_ago: f64,
+) -> anyhow::Result<Vec<String>> {
+    use sqlx::QueryBuilder;
+    let us = (updated_minutes_ago * 60_000_000.0) as i64;
+    let mut names = Vec::with_capacity(ids.len());
+    for (chunk_no, chunk) in ids.chunks(1000).enumerate() {
+        let mut q: QueryBuilder<sqlx::MySql> = QueryBuilder::new(
+            "INSERT INTO vm_replication_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter, current_status, current_job_id, total_jobs_run) ",
+        );
+        q.push_values(chunk, |mut b, id| {
+            b.push_bind(format!("ctx-{id}"))
+                .push_bind(format!("vm-{id}"))
+                .push_bind(format!("vmware-{id}"))
+                .push_bind(format!("/DC1/vm/{id}"))
+                .push_bind("vcenter.local")
+                .push_bind("DC1")
+                .push_bind("replicating")
+                .push_bind(id.clone())
+                .push_bind(1);
+        });
+        q.build().execute(pool).await?;
+        let mut q: QueryBuilder<sqlx::MySql> = QueryBuilder::new(
+            "INSERT INTO replication_jobs (id, vm_context_id, source_vm_id, source_vm_name, source_vm_path, status, progress_percent, \
+             bytes_transferred, total_bytes, vma_current_phase, created_at, updated_at, started_at, vma_last_poll_at, progress_changed_at) ",
+        );
+        q.push_values(chunk, |mut b, id| {
+            b.push_bind(id.clone())
+                .push_bind(format!("ctx-{id}"))
+                .push_bind(format!("vmware-{id}"))
+                .push_bind(format!("vm-{id}"))
+                .push_bind(format!("/DC1/vm/{id}"))
+                .push_bind("replicating")
+                .push_bind(progress)
+                .push_bind((progress * 1e8) as i64)
+                .push_bind(10_000_000_000i64)
+                .push_bind("Transfer")
+                .push_unseparated(", NOW(3) - INTERVAL ")
+                .push_bind_unseparated(us + 300_000_000)
+                .push_unseparated(" MICROSECOND")
+                .push_unseparated(", NOW(3) - INTERVAL ")
+                .push_bind_unseparated(us)
+                .push_unseparated(" MICROSECOND")
+                .push_unseparated(", NOW(3) - INTERVAL ")
+                .push_bind_unseparated(us + 300_000_000)
+                .push_unseparated(" MICROSECOND")
+                .push_unseparated(", NOW(3) - INTERVAL ")
+                .push_bind_unseparated(us)
+                .push_unseparated(" MICROSECOND")
+                .push_unseparated(", NOW(3) - INTERVAL ")
+                .push_bind_unseparated(us)
+                .push_unseparated(" MICROSECOND");
+        });
+        q.build().execute(pool).await?;
+        let base = 1_000_000 + (chunk_no * 1000) as i64;
+        let volume_ids: Vec<String> = chunk.iter().map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let mut q: QueryBuilder<sqlx::MySql> = QueryBuilder::new(
+            "INSERT INTO ossea_volumes (id, vm_context_id, volume_id, volume_name, size_gb, status) ",
+        );
+        q.push_values(chunk.iter().zip(&volume_ids).enumerate(), |mut b, (i, (id, vol))| {
+            b.push_bind(base + i as i64)
+                .push_bind(format!("ctx-{id}"))
+                .push_bind(vol.clone())
+                .push_bind(format!("vol-{id}"))
+                .push_bind(10)
+                .push_bind("attached");
+        });
+        q.build().execute(pool).await?;
+        let mut q: QueryBuilder<sqlx::MySql> = QueryBuilder::new("INSERT INTO vm_disks (vm_context_id, job_id, disk_id, unit_number, capacity_bytes, size_gb, ossea_volume_id) ");
+        q.push_values(chunk.iter().enumerate(), |mut b, (i, id)| {
+            b.push_bind(format!("ctx-{id}"))
+                .push_bind(id.clone())
+                .push_bind("disk-2000")
+                .push_bind(0)
+                .push_bind(10_737_418_240i64)
+                .push_bind(10)
+                .push_bind(base + i as i64);
+        });
+        q.build().execute(pool).await?;
+        names.extend(volume_ids.iter().map(|v| oma::domain::nbd_export_name(v)));
+    }
+    Ok(names)
+}

@@ -2,6 +2,7 @@
 //! process ([`oma_process`]) and one scenario's world ([`lab`]): fresh database, embedded
 //! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
 
+pub mod bench;
 pub mod lab;
 pub mod mariadb;
 pub mod oma_process;

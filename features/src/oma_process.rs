@@ -87,11 +87,40 @@ pub fn target_dir() -> PathBuf {
     dir
 }
 
-/// Path of the workspace's `oma-api`, built once if needed (`cargo build -p oma --bins`).
+/// Newest modification time of the OMA's sources.
+fn newest_source() -> Option<std::time::SystemTime> {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../oma"));
+    let mut newest = None;
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest
+}
+
+/// Path of the workspace's `oma-api` (or `OMA_API_BIN`). `cargo test --workspace` builds it; it is
+/// rebuilt here only when missing or older than the OMA's sources, because a nested cargo with a
+/// different feature set would recompile every dependency.
 pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
     BUILT
         .get_or_try_init(|| async {
+            if let Ok(bin) = std::env::var("OMA_API_BIN") {
+                return Ok(PathBuf::from(bin));
+            }
             let bin = target_dir().join("oma-api");
+            let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+            let fresh = matches!((built, newest_source()), (Some(b), Some(src)) if b >= src);
+            if fresh {
+                return Ok(bin);
+            }
+            eprintln!("[harness] building oma-api (missing or older than oma/)");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
             let mut cmd = Command::new(cargo);
@@ -99,13 +128,14 @@ pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
             if !target_dir().ends_with("debug") {
                 cmd.arg("--release");
             }
-            let status = cmd.status().await;
-            match status {
-                Ok(s) if s.success() => {}
-                _ if bin.is_file() => eprintln!("[harness] could not rebuild oma-api; using {}", bin.display()),
+            match cmd.status().await {
+                Ok(s) if s.success() => Ok(bin),
+                _ if bin.is_file() => {
+                    eprintln!("[harness] could not rebuild oma-api; using {}", bin.display());
+                    Ok(bin)
+                }
                 other => bail!("building oma-api failed: {other:?}"),
             }
-            Ok(bin)
         })
         .await
         .cloned()

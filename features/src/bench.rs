@@ -1,0 +1,282 @@
+//! Scale benchmarks (issue 5), on the real parts: MariaDB, sim-vma and the `oma-api` process.
+//! Each returns figures; `oma-bench` prints them as a Markdown table. Not timed tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::lab::{seed_jobs_bulk, Lab};
+use crate::oma_process::OmaConfig;
+
+fn job_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("job-bench-{i:06}")).collect()
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
+pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields after the command: state(0) … utime(11) stime(12), in clock ticks (100 Hz on Linux).
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ticks / 100.0, hwm))
+}
+
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_config(lab: &Lab, interval: Duration) -> OmaConfig {
+    let mut c = lab.oma_config();
+    c.poll_interval = interval;
+    c.vma_timeout = Duration::from_secs(10);
+    c.health_interval = Duration::from_secs(120);
+    c.health_stale_after = Duration::from_secs(30);
+    c.extra_env = vec![("OMA_DB_MAX_CONNECTIONS".into(), "16".into()), ("RUST_LOG".into(), "warn".into())];
+    c
+}
+
+#[derive(Debug, Clone)]
+pub struct RecoveryFigures {
+    pub n: usize,
+    pub start_to_summary: Duration,
+    pub scan: Duration,
+    pub jobs_per_second: f64,
+}
+
+/// N unfinished jobs, a mix of running, completed, failed, not found and HTTP-200 not found:
+/// time from process start to the recovery summary.
+pub async fn recovery(n: usize) -> anyhow::Result<RecoveryFigures> {
+    let mut lab = Lab::new(&format!("bench-recovery-{n}")).await?;
+    let ids = job_ids(n);
+    let names = seed_jobs_bulk(lab.pool(), &ids, 50.0, 2.0).await?;
+    for (i, (id, name)) in ids.iter().zip(&names).enumerate() {
+        let spec = match i % 10 {
+            0..=3 => json!({"mode": "running", "start_percent": 50}),
+            4 | 5 => json!({"mode": "completed"}),
+            6 => json!({"mode": "failed", "message": "disk read error"}),
+            7 | 8 => continue,
+            _ => json!({"mode": "http200_not_found"}),
+        };
+        let mut spec: sim_vma::spec::JobSpec = serde_json::from_value(spec)?;
+        spec.export_names = Some(vec![name.clone()]);
+        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut config = bench_config(&lab, Duration::from_secs(5));
+    config.extra_env.push(("RUST_LOG".into(), "info".into()));
+    let started = Instant::now();
+    lab.start_oma_with(config).await?;
+    lab.oma().wait_for_log("Job recovery completed successfully", Duration::from_secs(120)).await?;
+    let start_to_summary = started.elapsed();
+    let health: serde_json::Value = lab.http.get(format!("{}/health", lab.oma().url())).send().await?.json().await?;
+    let scan = Duration::from_millis(health["recovery"]["last_run"]["duration_ms"].as_u64().unwrap_or(0));
+    let unfinished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replication_jobs WHERE status = 'replicating'")
+        .fetch_one(lab.pool())
+        .await?;
+    let expected = ids.iter().enumerate().filter(|(i, _)| i % 10 <= 3).count() as i64;
+    lab.teardown().await;
+    if unfinished != expected {
+        bail!("after recovery {unfinished} jobs are replicating, expected {expected} (the running ones)");
+    }
+    Ok(RecoveryFigures { n, start_to_summary, scan, jobs_per_second: n as f64 / start_to_summary.as_secs_f64() })
+}
+
+#[derive(Debug, Clone)]
+pub struct ResumeFigures {
+    pub n: usize,
+    pub ready_after_spawn: Duration,
+    pub all_polled_after_ready: Duration,
+}
+
+/// N running jobs, OMA restarted: time from ready until every job has a fresh `vma_last_poll_at`.
+pub async fn resume(n: usize) -> anyhow::Result<ResumeFigures> {
+    let mut lab = Lab::new(&format!("bench-resume-{n}")).await?;
+    let ids = job_ids(n);
+    let names = seed_jobs_bulk(lab.pool(), &ids, 30.0, 0.5).await?;
+    for (id, name) in ids.iter().zip(&names) {
+        let spec: sim_vma::spec::JobSpec =
+            serde_json::from_value(json!({"mode": "running", "start_percent": 30, "export_names": [name]}))?;
+        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    lab.start_oma_with(bench_config(&lab, Duration::from_secs(5))).await?;
+    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(20), Duration::from_secs(120))
+        .await?;
+    lab.oma_mut().stop().await?;
+    let restart_at: chrono::DateTime<chrono::Utc> = oma::db::db_now(lab.pool()).await?;
+    let spawned = Instant::now();
+    lab.oma_mut().start_again().await?;
+    let ready = spawned.elapsed();
+    let t_ready = Instant::now();
+    wait_all_polled_since(&lab, n, restart_at, Duration::from_secs(120)).await?;
+    let all = t_ready.elapsed();
+    lab.teardown().await;
+    Ok(ResumeFigures { n, ready_after_spawn: ready, all_polled_after_ready: all })
+}
+
+async fn wait_all_polled_since(
+    lab: &Lab,
+    n: usize,
+    since: chrono::DateTime<chrono::Utc>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let polled: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replication_jobs WHERE vma_last_poll_at > ?")
+            .bind(since)
+            .fetch_one(lab.pool())
+            .await?;
+        if polled as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {polled} of {n} jobs polled since {since} after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SteadyFigures {
+    pub n: usize,
+    pub interval: Duration,
+    pub duration: Duration,
+    pub worst_poll_age: Duration,
+    pub cpu_cores: f64,
+    pub peak_rss_mib: f64,
+    pub polls_per_second: f64,
+}
+
+/// N running jobs polled every `interval` for `duration`: worst `vma_last_poll_at` age, OMA CPU
+/// (fraction of one core) and peak RSS.
+pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow::Result<SteadyFigures> {
+    let mut lab = Lab::new(&format!("bench-steady-{n}")).await?;
+    let ids = job_ids(n);
+    let names = seed_jobs_bulk(lab.pool(), &ids, 30.0, 0.5).await?;
+    for (id, name) in ids.iter().zip(&names) {
+        let spec: sim_vma::spec::JobSpec = serde_json::from_value(
+            json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001, "export_names": [name]}),
+        )?;
+        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    lab.start_oma_with(bench_config(&lab, interval)).await?;
+    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
+        .await?;
+    // Let the first full round settle, then measure.
+    tokio::time::sleep(interval).await;
+    let pid = lab.oma().pid().context("oma pid")?;
+    let (cpu0, _) = proc_usage(pid).context("/proc")?;
+    let polls0 = lab.sim().state.list_jobs().iter().map(|j| j.polls).sum::<u64>();
+    let t0 = Instant::now();
+    let mut worst = Duration::ZERO;
+    while t0.elapsed() < duration {
+        let age_us: Option<i64> =
+            sqlx::query_scalar("SELECT TIMESTAMPDIFF(MICROSECOND, MIN(vma_last_poll_at), NOW(3)) FROM replication_jobs WHERE status = 'replicating'")
+                .fetch_one(lab.pool())
+                .await?;
+        worst = worst.max(Duration::from_micros(age_us.unwrap_or(0).max(0) as u64));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let wall = t0.elapsed();
+    let (cpu1, hwm) = proc_usage(pid).context("/proc")?;
+    let polls1 = lab.sim().state.list_jobs().iter().map(|j| j.polls).sum::<u64>();
+    lab.teardown().await;
+    Ok(SteadyFigures {
+        n,
+        interval,
+        duration: wall,
+        worst_poll_age: worst,
+        cpu_cores: (cpu1 - cpu0) / wall.as_secs_f64(),
+        peak_rss_mib: hwm as f64 / 1024.0,
+        polls_per_second: (polls1 - polls0) as f64 / wall.as_secs_f64(),
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadFigures {
+    pub server: &'static str,
+    pub requests: u64,
+    pub requests_per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub rss_growth_mib: f64,
+}
+
+/// `connections` clients each with one keep-alive connection, GETting `url` for `duration`.
+async fn load(
+    server: &'static str,
+    url: String,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadFigures> {
+    let rss0 = rss_kib();
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
+                let mut latencies = Vec::with_capacity(100_000);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = match client.get(&url).send().await {
+                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok {
+                        latencies.push(t.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    all.sort();
+    let n = all.len() as u64;
+    if n == 0 {
+        bail!("{server}: no successful request");
+    }
+    let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Ok(LoadFigures {
+        server,
+        requests: n,
+        requests_per_second: n as f64 / duration.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        rss_growth_mib: (rss_kib() as f64 - rss0 as f64) / 1024.0,
+    })
+}
+
+/// The same progress-poll load on sim-vma and on a wiremock `MockServer` answering the same JSON.
+pub async fn sim_vs_wiremock(connections: usize, duration: Duration) -> anyhow::Result<Vec<LoadFigures>> {
+    let sim = sim_vma::SimVma::start(sim_vma::SimConfig::default()).await?;
+    let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
+    sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let body = reqwest::get(format!("{}/api/v1/progress/job-load", sim.vma_url())).await?.text().await?;
+    let sim_figures =
+        load("sim-vma", format!("{}/api/v1/progress/job-load", sim.vma_url()), connections, duration).await?;
+    sim.shutdown().await;
+    let mock = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .and(wiremock::matchers::path("/api/v1/progress/job-load"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+        .mount(&mock)
+        .await;
+    let mock_figures =
+        load("wiremock", format!("{}/api/v1/progress/job-load", mock.uri()), connections, duration).await?;
+    Ok(vec![sim_figures, mock_figures])
+}

@@ -1,0 +1,20 @@
+//! The benchmarks at a smoke size: they run end to end and produce figures. Timings are
+//! reported by `oma-bench`, never asserted here.
+
+use std::time::Duration;
+
+use oma_acceptance::bench;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn benchmarks_run_at_a_smoke_size() {
+    let r = bench::recovery(30).await.unwrap();
+    assert_eq!(r.n, 30);
+    assert!(r.start_to_summary > Duration::ZERO);
+    let resume = bench::resume(20).await.unwrap();
+    assert!(resume.all_polled_after_ready > Duration::ZERO);
+    let steady = bench::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
+    assert!(steady.polls_per_second > 0.0, "{steady:?}");
+    let load = bench::sim_vs_wiremock(4, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(load.len(), 2);
+    assert!(load.iter().all(|f| f.requests > 0), "{load:?}");
+}
