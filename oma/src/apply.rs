@@ -1,6 +1,7 @@
 //! One idempotent per-job reconcile: ask the VMA, decide (pure), apply. Called by the startup
 //! recovery, the health monitor, the manual trigger and the CLI; the poller shares the final half.
 
+use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -103,8 +104,7 @@ fn recovery_mark(caller: Caller, observation: &Observation, polling_restarted: b
     Some(RecoveryMark { method, vma_validated, polling_restarted })
 }
 
-/// Reconcile one unfinished job with the VMA's answer. Never panics; DB errors become `Error`.
-#[tracing::instrument(skip_all, fields(job_id = %job.id))]
+/// Reconcile one unfinished job (see [`reconcile_many`]).
 pub async fn reconcile_job(
     shared: &Shared,
     poller: Option<&Poller>,
@@ -112,6 +112,67 @@ pub async fn reconcile_job(
     caller: Caller,
     dry_run: bool,
 ) -> JobReport {
+    reconcile_many(shared, poller, vec![job.clone()], caller, dry_run).await.pop().expect("one job in, one report out")
+}
+
+/// What the VMA said about one job, and the decision.
+struct Observed {
+    job: UnfinishedJob,
+    observation: Observation,
+    via: Option<LookupKey>,
+    decision: Decision,
+}
+
+/// Reconcile unfinished jobs: ask the VMA about each (concurrently, bounded), decide (pure), then
+/// apply the decisions in batches — claims, progress and recovery metadata for the jobs that go
+/// on, one transaction per chunk for the jobs that end. Never panics; DB errors become `Error`.
+pub async fn reconcile_many(
+    shared: &Shared,
+    poller: Option<&Poller>,
+    jobs: Vec<UnfinishedJob>,
+    caller: Caller,
+    dry_run: bool,
+) -> Vec<JobReport> {
+    let observed: Vec<Observed> = futures::stream::iter(jobs)
+        .map(|job| async move { observe(shared, job).await })
+        .buffer_unordered(shared.settings.recovery_concurrency.max(1))
+        .collect()
+        .await;
+    let mut outcomes: Vec<Outcome> = vec![Outcome::Planned; observed.len()];
+    if !dry_run {
+        let (finals, keeps): (Vec<usize>, Vec<usize>) =
+            (0..observed.len()).partition(|i| observed[*i].decision.is_final());
+        for (i, outcome) in apply_keeps(shared, poller, &observed, &keeps, caller).await {
+            outcomes[i] = outcome;
+        }
+        for (i, outcome) in apply_finals(shared, poller, &observed, &finals, caller).await {
+            outcomes[i] = outcome;
+        }
+    }
+    observed
+        .iter()
+        .zip(outcomes)
+        .map(|(o, outcome)| {
+            if dry_run {
+                info!("🧪 DRY RUN: job {} would be: {}", o.job.id, describe(&o.decision));
+            } else if caller != Caller::Poller {
+                shared.metrics.recovery(outcome.as_str());
+            }
+            JobReport {
+                job_id: o.job.id.clone(),
+                vm_name: o.job.source_vm_name.clone(),
+                status: o.job.status.as_str().to_string(),
+                progress_percent: o.job.progress_percent,
+                vma_status: o.observation.status_word(),
+                decision: describe(&o.decision),
+                outcome,
+            }
+        })
+        .collect()
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job.id))]
+async fn observe(shared: &Shared, job: UnfinishedJob) -> Observed {
     let now = shared.clock.now();
     let stagnant = minutes_since(now, job.updated_at);
     info!(
@@ -151,96 +212,152 @@ pub async fn reconcile_job(
         observation.status_word(),
         stagnant
     );
-    let outcome = if dry_run {
-        info!("🧪 DRY RUN: job {} would be: {}", job.id, describe(&decision));
-        Outcome::Planned
-    } else {
-        apply_decision(shared, poller, job, &observation, &decision, lookup.via, caller).await
-    };
-    if caller != Caller::Poller && !dry_run {
-        shared.metrics.recovery(outcome.as_str());
-    }
-    JobReport {
-        job_id: job.id.clone(),
-        vm_name: job.source_vm_name.clone(),
-        status: job.status.as_str().to_string(),
-        progress_percent: job.progress_percent,
-        vma_status: observation.status_word(),
-        decision: describe(&decision),
-        outcome,
-    }
+    Observed { job, observation, via: lookup.via, decision }
 }
 
-async fn apply_decision(
+/// Jobs that go on: claim polling (with a poller), write progress and recovery metadata.
+async fn apply_keeps(
     shared: &Shared,
     poller: Option<&Poller>,
-    job: &UnfinishedJob,
-    observation: &Observation,
-    decision: &Decision,
-    via: Option<LookupKey>,
+    observed: &[Observed],
+    keeps: &[usize],
     caller: Caller,
-) -> Outcome {
-    let Decision::Keep { reason, progress, progress_changed } = decision else {
-        return finalize(shared, poller, &job.id, job.progress_percent, observation, decision, caller).await;
+) -> Vec<(usize, Outcome)> {
+    if keeps.is_empty() {
+        return Vec::new();
+    }
+    for &i in keeps {
+        let o = &observed[i];
+        let Decision::Keep { reason, progress, .. } = &o.decision else { continue };
+        match reason {
+            KeepReason::Running => info!(
+                "✅ Job {} still running on VMA ({:.1}%) - restarting polling",
+                o.job.id,
+                progress.as_ref().map(|p| p.percentage).unwrap_or(o.job.progress_percent)
+            ),
+            KeepReason::NotFoundWithinGrace => {
+                info!("⏳ Job {} not found on VMA yet - within grace period, polling continues", o.job.id)
+            }
+            KeepReason::UnreachableRecent => warn!(
+                "⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry",
+                o.job.id,
+                minutes_since(shared.clock.now(), o.job.facts().last_contact())
+            ),
+        }
+    }
+    let ids: Vec<String> = keeps.iter().map(|&i| observed[i].job.id.clone()).collect();
+    let claimed = match poller {
+        Some(_) => {
+            match db::claim_polling_many(&shared.pool, &ids, &shared.instance_id, shared.settings.lease_ttl()).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!("⚠️ Failed to restart polling for {} jobs: {e}", ids.len());
+                    return keeps.iter().map(|&i| (i, Outcome::Error)).collect();
+                }
+            }
+        }
+        None => None,
     };
-    let minutes = minutes_since(shared.clock.now(), job.facts().last_contact());
-    match reason {
-        KeepReason::Running => info!(
-            "✅ Job {} still running on VMA ({:.1}%) - restarting polling",
-            job.id,
-            progress.as_ref().map(|p| p.percentage).unwrap_or(job.progress_percent)
-        ),
-        KeepReason::NotFoundWithinGrace => {
-            info!("⏳ Job {} not found on VMA yet - within grace period, polling continues", job.id)
+    let mut writes = Vec::new();
+    let mut marks = Vec::new();
+    let mut results = Vec::with_capacity(keeps.len());
+    for &i in keeps {
+        let o = &observed[i];
+        let Decision::Keep { reason, progress, progress_changed } = &o.decision else { continue };
+        let owned = claimed.as_ref().map(|c| c.contains(&o.job.id));
+        if owned == Some(false) {
+            info!("Job {} is polled by another live OMA instance - leaving it to that poller", o.job.id);
+            results.push((i, Outcome::OwnedElsewhere));
+            continue;
         }
-        KeepReason::UnreachableRecent => {
-            warn!("⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry", job.id, minutes)
-        }
-    }
-    let mut claimed = false;
-    if let Some(poller) = poller {
-        match db::claim_polling(&shared.pool, &job.id, &shared.instance_id, shared.settings.lease_ttl()).await {
-            Ok(true) => claimed = true,
-            Ok(false) => {
-                info!("Job {} is polled by another live OMA instance - leaving it to that poller", job.id);
-                return Outcome::OwnedElsewhere;
+        if let (Some(poller), Some(true)) = (poller, owned) {
+            let mut tracked = o.job.clone();
+            let now = shared.clock.now();
+            if let Some(p) = progress {
+                tracked.progress_percent = tracked.progress_percent.max(p.percentage);
+                tracked.bytes_transferred = p.bytes_transferred;
+                tracked.vma_last_poll_at = Some(now);
+                if *progress_changed {
+                    tracked.progress_changed_at = Some(now);
+                }
             }
-            Err(e) => {
-                warn!("⚠️ Failed to restart polling for job {}: {}", job.id, e);
-                return Outcome::Error;
+            if tracked.started_polling_at.is_none() {
+                tracked.started_polling_at = Some(now);
             }
+            poller.track(&tracked, o.via.clone(), true);
         }
-        let mut tracked = job.clone();
         if let Some(p) = progress {
-            tracked.progress_percent = tracked.progress_percent.max(p.percentage);
-            tracked.bytes_transferred = p.bytes_transferred;
-            tracked.vma_last_poll_at = Some(shared.clock.now());
-            if *progress_changed {
-                tracked.progress_changed_at = Some(shared.clock.now());
-            }
+            writes.push(db::ProgressWrite {
+                job_id: o.job.id.clone(),
+                progress: p.clone(),
+                progress_changed: *progress_changed,
+            });
         }
-        if tracked.started_polling_at.is_none() {
-            tracked.started_polling_at = Some(shared.clock.now());
+        if let Some(mark) = recovery_mark(caller, &o.observation, owned == Some(true)) {
+            marks.push((o.job.id.clone(), mark));
         }
-        poller.track(&tracked, via, true);
+        results.push((
+            i,
+            match (reason, owned) {
+                (KeepReason::Running, Some(true)) => Outcome::PollingRestarted,
+                (KeepReason::Running, _) => Outcome::StillRunning,
+                (KeepReason::NotFoundWithinGrace, _) => Outcome::NotFoundWithinGrace,
+                (KeepReason::UnreachableRecent, _) => Outcome::UnreachableLeftForRetry,
+            },
+        ));
     }
-    let mark = recovery_mark(caller, observation, claimed);
-    if let Err(e) = db::record_keep(&shared.pool, &job.id, progress.as_ref(), *progress_changed, mark).await {
-        warn!("❌ Failed to recover job {}: {}", job.id, e);
-        return Outcome::Error;
+    let written = async {
+        db::write_progress_batch(&shared.pool, &writes).await?;
+        db::record_marks(&shared.pool, &marks).await
     }
-    match (reason, claimed) {
-        (KeepReason::Running, true) => {
-            info!("🚀 Successfully restarted VMA progress polling for job {}", job.id);
-            Outcome::PollingRestarted
+    .await;
+    if let Err(e) = written {
+        warn!("❌ Failed to record recovery of {} jobs: {e}", results.len());
+        return results.into_iter().map(|(i, _)| (i, Outcome::Error)).collect();
+    }
+    for (i, outcome) in &results {
+        if *outcome == Outcome::PollingRestarted {
+            info!("🚀 Successfully restarted VMA progress polling for job {}", observed[*i].job.id);
         }
-        (KeepReason::Running, false) => Outcome::StillRunning,
-        (KeepReason::NotFoundWithinGrace, _) => Outcome::NotFoundWithinGrace,
-        (KeepReason::UnreachableRecent, _) => Outcome::UnreachableLeftForRetry,
     }
+    results
 }
 
-/// Apply a final decision (complete or fail) and log it in the guide's words.
+/// Jobs that end: finalize them in chunks, each chunk one transaction.
+async fn apply_finals(
+    shared: &Shared,
+    poller: Option<&Poller>,
+    observed: &[Observed],
+    finals: &[usize],
+    caller: Caller,
+) -> Vec<(usize, Outcome)> {
+    let planned: Vec<(usize, Finalization, Outcome)> = finals
+        .iter()
+        .map(|&i| {
+            let o = &observed[i];
+            let (fin, outcome) =
+                plan_final(shared, &o.job.id, o.job.progress_percent, &o.observation, &o.decision, caller);
+            (i, fin, outcome)
+        })
+        .collect();
+    let items: Vec<(String, Finalization)> =
+        planned.iter().map(|(i, fin, _)| (observed[*i].job.id.clone(), fin.clone())).collect();
+    let results = db::finalize_jobs(&shared.pool, &items).await;
+    planned
+        .into_iter()
+        .enumerate()
+        .map(|(k, (i, fin, outcome))| {
+            let job_id = &observed[i].job.id;
+            let result = match &results {
+                Ok(r) => Ok(r[k].clone()),
+                Err(e) => Err(e.to_string()),
+            };
+            (i, report_final(shared, poller, job_id, &fin, outcome, result))
+        })
+        .collect()
+}
+
+/// Apply a final decision (complete or fail) for one job and log it in the guide's words.
 pub async fn finalize(
     shared: &Shared,
     poller: Option<&Poller>,
@@ -250,9 +367,23 @@ pub async fn finalize(
     decision: &Decision,
     caller: Caller,
 ) -> Outcome {
+    let (fin, outcome) = plan_final(shared, job_id, progress_percent, observation, decision, caller);
+    let result = db::finalize_job(&shared.pool, job_id, &fin).await.map_err(|e| e.to_string());
+    report_final(shared, poller, job_id, &fin, outcome, result)
+}
+
+/// The finalization a final decision asks for, logged as the decision.
+fn plan_final(
+    shared: &Shared,
+    job_id: &str,
+    progress_percent: f64,
+    observation: &Observation,
+    decision: &Decision,
+    caller: Caller,
+) -> (Finalization, Outcome) {
     let mark = recovery_mark(caller, observation, false);
     let threshold = shared.reconcile.not_found_complete_above;
-    let (fin, outcome) = match decision {
+    match decision {
         Decision::Complete { assumed: false, progress } => {
             info!(
                 "✅ Job {} completed on VMA ({:.1}%) - finalizing",
@@ -287,12 +418,21 @@ pub async fn finalize(
                 }
                 FailureClass::ReplicateRejected => Outcome::FailedOnVma,
             };
-            let fin = Finalization::failed(JobStatus::Failed, *class, message.clone(), details.clone(), mark);
-            (fin, outcome)
+            (Finalization::failed(JobStatus::Failed, *class, message.clone(), details.clone(), mark), outcome)
         }
-        Decision::Keep { .. } => unreachable!("finalize is only called with final decisions"),
-    };
-    let result = db::finalize_job(&shared.pool, job_id, &fin).await;
+        Decision::Keep { .. } => unreachable!("plan_final is only called with final decisions"),
+    }
+}
+
+/// Log and count what finalization did.
+fn report_final(
+    shared: &Shared,
+    poller: Option<&Poller>,
+    job_id: &str,
+    fin: &Finalization,
+    outcome: Outcome,
+    result: Result<Finalized, String>,
+) -> Outcome {
     if let Some(poller) = poller {
         poller.untrack(job_id);
     }

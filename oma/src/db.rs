@@ -234,84 +234,6 @@ pub struct RecoveryMark {
     pub polling_restarted: bool,
 }
 
-/// Write one kept job's observation: progress if any, plus recovery metadata if any. Touches
-/// `updated_at` only when progress is written, so "last contact" keeps meaning contact.
-pub async fn record_keep(
-    pool: &MySqlPool,
-    job_id: &str,
-    progress: Option<&VmaProgress>,
-    progress_changed: bool,
-    mark: Option<RecoveryMark>,
-) -> Result<bool, sqlx::Error> {
-    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs SET ");
-    let mut sets = qb.separated(", ");
-    if let Some(p) = progress {
-        push_progress_sets(&mut sets, p, progress_changed);
-    }
-    if let Some(m) = mark {
-        sets.push("recovery_attempted = 1, recovery_attempted_at = NOW(3), recovery_method = ");
-        sets.push_bind_unseparated(m.method.as_str());
-        if m.vma_validated {
-            sets.push("vma_validated_at = NOW(3)");
-        }
-        if m.polling_restarted {
-            sets.push("polling_restarted_at = NOW(3)");
-        }
-    }
-    if progress.is_none() && mark.is_none() {
-        return Ok(true);
-    }
-    qb.push(" WHERE id = ");
-    qb.push_bind(job_id);
-    qb.push(format!(" AND status IN ({})", active_status_sql_list()));
-    Ok(qb.build().execute(pool).await?.rows_affected() == 1)
-}
-
-fn push_progress_sets(
-    sets: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
-    p: &VmaProgress,
-    changed: bool,
-) {
-    let transfer = p.phase.eq_ignore_ascii_case("transfer");
-    sets.push("status = 'replicating'");
-    sets.push("progress_percent = IF(");
-    sets.push_bind_unseparated(transfer);
-    sets.push_unseparated(", GREATEST(progress_percent, ");
-    sets.push_bind_unseparated(p.percentage.clamp(0.0, 100.0));
-    sets.push_unseparated("), progress_percent)");
-    sets.push("current_operation = ");
-    sets.push_bind_unseparated(p.current_operation.clone());
-    sets.push("bytes_transferred = ");
-    sets.push_bind_unseparated(p.bytes_transferred.max(0));
-    sets.push("total_bytes = ");
-    sets.push_bind_unseparated(p.total_bytes.max(0));
-    sets.push("transfer_speed_bps = ");
-    sets.push_bind_unseparated(p.transfer_speed_bps().max(0));
-    sets.push("vma_sync_type = ");
-    sets.push_bind_unseparated(p.sync_type.clone());
-    sets.push("vma_current_phase = ");
-    sets.push_bind_unseparated(p.phase.clone());
-    sets.push("vma_throughput_mbps = ");
-    sets.push_bind_unseparated(p.throughput.current_mbps.max(0.0));
-    sets.push("vma_eta_seconds = ");
-    sets.push_bind_unseparated(p.timing.eta_seconds.clamp(0, i32::MAX as i64) as i32);
-    sets.push("vma_last_poll_at = NOW(3), updated_at = NOW(3)");
-    sets.push(if changed {
-        "progress_changed_at = NOW(3)"
-    } else {
-        "progress_changed_at = COALESCE(progress_changed_at, NOW(3))"
-    });
-    sets.push(replication_type_set(&p.sync_type));
-}
-
-fn replication_type_set(sync_type: &str) -> &'static str {
-    match sync_type {
-        "incremental" => "replication_type = 'incremental'",
-        "" => "replication_type = replication_type",
-        _ => "replication_type = 'initial'",
-    }
-}
-
 /// One successful poll, for the batched writer.
 #[derive(Debug, Clone)]
 pub struct ProgressWrite {
@@ -529,19 +451,39 @@ pub enum Finalized {
 }
 
 /// Finalize a job exactly once, in one transaction with the recomputation of its VM context, so
-/// the VM accepts a new replication at once. Retries on deadlock.
+/// the VM accepts a new replication at once.
 pub async fn finalize_job(pool: &MySqlPool, job_id: &str, fin: &Finalization) -> Result<Finalized, sqlx::Error> {
-    debug_assert!(fin.status.is_terminal());
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match try_finalize(pool, job_id, fin).await {
-            Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
-                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+    let mut results = finalize_jobs(pool, &[(job_id.to_string(), fin.clone())]).await?;
+    Ok(results.pop().unwrap_or(Finalized::AlreadyFinal))
+}
+
+/// Rows finalized per transaction.
+const FINALIZE_CHUNK: usize = 200;
+
+/// Finalize many jobs: per chunk one transaction that locks the contexts (in key order, so
+/// concurrent batches cannot deadlock) and the still-unfinished jobs, updates the jobs in one
+/// multi-row statement, releases their polling and recomputes their contexts. A job that is no
+/// longer unfinished is reported `AlreadyFinal` and left untouched. Results are in input order.
+pub async fn finalize_jobs(pool: &MySqlPool, items: &[(String, Finalization)]) -> Result<Vec<Finalized>, sqlx::Error> {
+    debug_assert!(items.iter().all(|(_, f)| f.status.is_terminal()));
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(FINALIZE_CHUNK) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match try_finalize_chunk(pool, chunk).await {
+                Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+                }
+                Ok(results) => {
+                    out.extend(results);
+                    break;
+                }
+                Err(e) => return Err(e),
             }
-            other => return other,
         }
     }
+    Ok(out)
 }
 
 fn is_retryable(code: Option<&str>) -> bool {
@@ -549,98 +491,124 @@ fn is_retryable(code: Option<&str>) -> bool {
     matches!(code, Some("40001") | Some("1213") | Some("1205"))
 }
 
-async fn try_finalize(pool: &MySqlPool, job_id: &str, fin: &Finalization) -> Result<Finalized, sqlx::Error> {
-    let context_id: Option<Option<String>> =
-        sqlx::query_scalar("SELECT vm_context_id FROM replication_jobs WHERE id = ?")
-            .bind(job_id)
-            .fetch_optional(pool)
-            .await?;
-    let Some(context_id) = context_id else {
-        return Ok(Finalized::AlreadyFinal);
-    };
-    let mut tx = pool.begin().await?;
-    if let Some(ctx) = &context_id {
-        // Lock the context first: sibling finalizations serialize here instead of deadlocking.
-        sqlx::query("SELECT context_id FROM vm_replication_contexts WHERE context_id = ? FOR UPDATE")
-            .bind(ctx)
-            .execute(&mut *tx)
-            .await?;
+fn push_id_list<'a>(qb: &mut QueryBuilder<'a, MySql>, ids: impl Iterator<Item = &'a str>) {
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(id);
     }
-    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs SET ");
-    let mut sets = qb.separated(", ");
-    sets.push("status = ");
-    sets.push_bind_unseparated(fin.status.as_str());
-    sets.push("completed_at = NOW(3), updated_at = NOW(3)");
-    if fin.status == JobStatus::Completed {
-        sets.push("progress_percent = 100, current_operation = 'Completed'");
-        if let Some(p) = &fin.progress {
-            sets.push("bytes_transferred = GREATEST(bytes_transferred, ");
-            sets.push_bind_unseparated(p.bytes_transferred.max(0));
-            sets.push_unseparated(")");
-            sets.push("total_bytes = GREATEST(total_bytes, ");
-            sets.push_bind_unseparated(p.total_bytes.max(0));
-            sets.push_unseparated(")");
-            if !p.phase.is_empty() {
-                sets.push("vma_current_phase = ");
-                sets.push_bind_unseparated(p.phase.clone());
-            }
-            if !p.sync_type.is_empty() {
-                sets.push("vma_sync_type = ");
-                sets.push_bind_unseparated(p.sync_type.clone());
-            }
-            sets.push("vma_last_poll_at = NOW(3), vma_eta_seconds = 0");
-        }
-    } else {
-        sets.push("current_operation = 'Failed'");
-        sets.push("error_message = ");
-        sets.push_bind_unseparated(fin.error_message.clone());
-        sets.push("vma_error_classification = ");
-        sets.push_bind_unseparated(fin.class.map(|c| c.as_str()));
-        sets.push("vma_error_details = ");
-        sets.push_bind_unseparated(fin.details.clone());
-    }
-    if let Some(m) = fin.recovery {
-        sets.push("recovery_attempted = 1, recovery_attempted_at = NOW(3), recovery_method = ");
-        sets.push_bind_unseparated(m.method.as_str());
-        if m.vma_validated {
-            sets.push("vma_validated_at = NOW(3)");
-        }
-    }
-    qb.push(" WHERE id = ");
-    qb.push_bind(job_id);
-    qb.push(format!(" AND status IN ({})", active_status_sql_list()));
-    if qb.build().execute(&mut *tx).await?.rows_affected() != 1 {
-        tx.rollback().await?;
-        return Ok(Finalized::AlreadyFinal);
-    }
-    sqlx::query("UPDATE vma_polling_state SET is_active = 0, lease_expires_at = NOW(3) WHERE job_id = ?")
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
-    if let Some(ctx) = &context_id {
-        recompute_context(&mut tx, ctx, job_id, fin).await?;
-    }
-    tx.commit().await?;
-    Ok(Finalized::Done { context_id })
 }
 
-/// Recompute a VM context from its jobs (never incremented blindly). Rule for `current_status`:
+async fn try_finalize_chunk(pool: &MySqlPool, chunk: &[(String, Finalization)]) -> Result<Vec<Finalized>, sqlx::Error> {
+    let active = active_status_sql_list();
+    let mut tx = pool.begin().await?;
+    // Lock the contexts first: sibling finalizations serialize here instead of deadlocking.
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+        "SELECT context_id FROM vm_replication_contexts WHERE context_id IN \
+         (SELECT vm_context_id FROM replication_jobs WHERE id IN (",
+    );
+    push_id_list(&mut qb, chunk.iter().map(|(id, _)| id.as_str()));
+    qb.push(")) ORDER BY context_id FOR UPDATE");
+    qb.build().execute(&mut *tx).await?;
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("SELECT id, vm_context_id FROM replication_jobs WHERE id IN (");
+    push_id_list(&mut qb, chunk.iter().map(|(id, _)| id.as_str()));
+    qb.push(format!(") AND status IN ({active}) FOR UPDATE"));
+    let mut owned: HashMap<String, Option<String>> = HashMap::new();
+    for row in qb.build().fetch_all(&mut *tx).await? {
+        owned.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    if owned.is_empty() {
+        tx.rollback().await?;
+        return Ok(vec![Finalized::AlreadyFinal; chunk.len()]);
+    }
+    let mine: Vec<&(String, Finalization)> = chunk.iter().filter(|(id, _)| owned.contains_key(id)).collect();
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs j JOIN (");
+    for (i, (id, fin)) in mine.iter().enumerate() {
+        let completed = fin.status == JobStatus::Completed;
+        let p = fin.progress.as_ref();
+        qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+        qb.push_bind(id.as_str()).push(" AS id, ");
+        qb.push_bind(fin.status.as_str()).push(" AS status, ");
+        qb.push_bind(completed).push(" AS completed, ");
+        qb.push_bind(fin.error_message.clone()).push(" AS msg, ");
+        qb.push_bind(fin.class.map(|c| c.as_str())).push(" AS class, ");
+        qb.push_bind(fin.details.clone()).push(" AS details, ");
+        qb.push_bind(p.is_some()).push(" AS has_progress, ");
+        qb.push_bind(p.map(|p| p.bytes_transferred.max(0)).unwrap_or(0)).push(" AS bytes, ");
+        qb.push_bind(p.map(|p| p.total_bytes.max(0)).unwrap_or(0)).push(" AS total, ");
+        qb.push_bind(p.map(|p| p.phase.clone()).unwrap_or_default()).push(" AS phase, ");
+        qb.push_bind(p.map(|p| p.sync_type.clone()).unwrap_or_default()).push(" AS sync_type, ");
+        qb.push_bind(fin.recovery.is_some()).push(" AS mark, ");
+        qb.push_bind(fin.recovery.map(|m| m.method.as_str())).push(" AS method, ");
+        qb.push_bind(fin.recovery.is_some_and(|m| m.vma_validated)).push(" AS validated");
+    }
+    // Every assignment reads only its own column or v, so the (unspecified) order of a
+    // multi-table UPDATE does not matter.
+    qb.push(format!(
+        ") v ON j.id = v.id SET j.status = v.status, j.completed_at = NOW(3), j.updated_at = NOW(3), \
+         j.progress_percent = IF(v.completed, 100, j.progress_percent), \
+         j.current_operation = IF(v.completed, 'Completed', 'Failed'), \
+         j.error_message = IF(v.completed, j.error_message, v.msg), \
+         j.vma_error_classification = IF(v.completed, j.vma_error_classification, v.class), \
+         j.vma_error_details = IF(v.completed, j.vma_error_details, v.details), \
+         j.bytes_transferred = IF(v.has_progress, GREATEST(j.bytes_transferred, v.bytes), j.bytes_transferred), \
+         j.total_bytes = IF(v.has_progress, GREATEST(j.total_bytes, v.total), j.total_bytes), \
+         j.vma_current_phase = IF(v.has_progress AND v.phase <> '', v.phase, j.vma_current_phase), \
+         j.vma_sync_type = IF(v.has_progress AND v.sync_type <> '', v.sync_type, j.vma_sync_type), \
+         j.vma_last_poll_at = IF(v.has_progress, NOW(3), j.vma_last_poll_at), \
+         j.vma_eta_seconds = IF(v.has_progress, 0, j.vma_eta_seconds), \
+         j.recovery_attempted = IF(v.mark, 1, j.recovery_attempted), \
+         j.recovery_attempted_at = IF(v.mark, NOW(3), j.recovery_attempted_at), \
+         j.recovery_method = IF(v.mark, v.method, j.recovery_method), \
+         j.vma_validated_at = IF(v.validated, NOW(3), j.vma_validated_at) \
+         WHERE j.status IN ({active})"
+    ));
+    qb.build().execute(&mut *tx).await?;
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("UPDATE vma_polling_state SET is_active = 0, lease_expires_at = NOW(3) WHERE job_id IN (");
+    push_id_list(&mut qb, mine.iter().map(|(id, _)| id.as_str()));
+    qb.push(")");
+    qb.build().execute(&mut *tx).await?;
+    // One summary per context (the last job of the chunk wins).
+    let mut summaries: Vec<(String, String)> = Vec::new();
+    for (id, fin) in &mine {
+        if let Some(Some(ctx)) = owned.get(id.as_str()) {
+            summaries.retain(|(c, _)| c != ctx);
+            summaries.push((ctx.clone(), operation_summary(id, fin)));
+        }
+    }
+    if !summaries.is_empty() {
+        recompute_contexts(&mut tx, &summaries).await?;
+    }
+    tx.commit().await?;
+    Ok(chunk
+        .iter()
+        .map(|(id, _)| match owned.get(id) {
+            Some(ctx) => Finalized::Done { context_id: ctx.clone() },
+            None => Finalized::AlreadyFinal,
+        })
+        .collect())
+}
+
+/// Recompute VM contexts from their jobs (never incremented blindly). Rule for `current_status`:
 /// an unfinished job → `replicating`; a failover/cleanup state is kept; otherwise
-/// `ready_for_failover` when the job just succeeded or any job of the VM ever succeeded, else `failed`.
-async fn recompute_context(
+/// `ready_for_failover` when any job of the VM succeeded (the one just finalized included),
+/// else `failed`.
+async fn recompute_contexts(
     tx: &mut Transaction<'_, MySql>,
-    context_id: &str,
-    job_id: &str,
-    fin: &Finalization,
+    summaries: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
     let active = active_status_sql_list();
-    let summary = operation_summary(job_id, fin);
-    let sql = format!(
-        "UPDATE vm_replication_contexts c SET \
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vm_replication_contexts c JOIN (");
+    for (i, (ctx, summary)) in summaries.iter().enumerate() {
+        qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+        qb.push_bind(ctx.as_str()).push(" AS ctx, ");
+        qb.push_bind(summary.as_str()).push(" AS summary");
+    }
+    qb.push(format!(
+        ") v ON c.context_id = v.ctx SET \
          c.current_status = CASE \
             WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active})) THEN 'replicating' \
             WHEN c.current_status IN ('failed_over_test','failed_over_live','cleanup_required','completed') THEN c.current_status \
-            WHEN ? = 'completed' THEN 'ready_for_failover' \
             WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed') THEN 'ready_for_failover' \
             ELSE 'failed' END, \
          c.current_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
@@ -649,11 +617,82 @@ async fn recompute_context(
          c.failed_jobs = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ('failed','replication_failed')), \
          c.last_successful_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
          c.last_replication_at = (SELECT MAX(j.completed_at) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
-         c.last_operation_summary = ?, \
-         c.last_status_change = NOW(3), c.updated_at = NOW(3) \
-         WHERE c.context_id = ?"
-    );
-    sqlx::query(&sql).bind(fin.status.as_str()).bind(summary).bind(context_id).execute(&mut **tx).await?;
+         c.last_operation_summary = v.summary, \
+         c.last_status_change = NOW(3), c.updated_at = NOW(3)"
+    ));
+    qb.build().execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Claim polling of many jobs for `owner`; returns the ids now owned by `owner`.
+pub async fn claim_polling_many(
+    pool: &MySqlPool,
+    job_ids: &[String],
+    owner: &str,
+    lease: Duration,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let lease_us = lease.as_micros() as i64;
+    let mut claimed = HashSet::new();
+    for chunk in job_ids.chunks(BATCH_ROWS) {
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+            "INSERT IGNORE INTO vma_polling_state (job_id, owner_instance, lease_expires_at, started_polling_at, is_active) ",
+        );
+        qb.push_values(chunk, |mut b, id| {
+            b.push_bind(id.as_str())
+                .push_bind(owner)
+                .push("NOW(3) + INTERVAL ")
+                .push_bind_unseparated(lease_us)
+                .push_unseparated(" MICROSECOND")
+                .push("NOW(3)")
+                .push("1");
+        });
+        qb.build().execute(pool).await?;
+        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state SET owner_instance = ");
+        qb.push_bind(owner);
+        qb.push(", is_active = 1, lease_expires_at = NOW(3) + INTERVAL ");
+        qb.push_bind(lease_us);
+        qb.push(" MICROSECOND WHERE (owner_instance = ");
+        qb.push_bind(owner);
+        qb.push(" OR is_active = 0 OR lease_expires_at < NOW(3)) AND job_id IN (");
+        push_id_list(&mut qb, chunk.iter().map(String::as_str));
+        qb.push(")");
+        qb.build().execute(pool).await?;
+        let mut qb: QueryBuilder<MySql> =
+            QueryBuilder::new("SELECT job_id FROM vma_polling_state WHERE is_active = 1 AND owner_instance = ");
+        qb.push_bind(owner);
+        qb.push(" AND job_id IN (");
+        push_id_list(&mut qb, chunk.iter().map(String::as_str));
+        qb.push(")");
+        for row in qb.build().fetch_all(pool).await? {
+            claimed.insert(row.try_get(0)?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Fill the recovery metadata of many kept jobs (one statement per kind of mark).
+pub async fn record_marks(pool: &MySqlPool, marks: &[(String, RecoveryMark)]) -> Result<(), sqlx::Error> {
+    let mut groups: HashMap<(&'static str, bool, bool), Vec<&str>> = HashMap::new();
+    for (id, m) in marks {
+        groups.entry((m.method.as_str(), m.vma_validated, m.polling_restarted)).or_default().push(id.as_str());
+    }
+    for ((method, validated, restarted), ids) in groups {
+        for chunk in ids.chunks(BATCH_ROWS) {
+            let mut qb: QueryBuilder<MySql> =
+                QueryBuilder::new("UPDATE replication_jobs SET recovery_attempted = 1, recovery_attempted_at = NOW(3), recovery_method = ");
+            qb.push_bind(method);
+            if validated {
+                qb.push(", vma_validated_at = NOW(3)");
+            }
+            if restarted {
+                qb.push(", polling_restarted_at = NOW(3)");
+            }
+            qb.push(" WHERE id IN (");
+            push_id_list(&mut qb, chunk.iter().copied());
+            qb.push(format!(") AND status IN ({})", active_status_sql_list()));
+            qb.build().execute(pool).await?;
+        }
+    }
     Ok(())
 }
 

@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::RwLock;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::apply::{reconcile_job, Caller, Outcome};
+use crate::apply::{reconcile_many, Caller, Outcome};
 use crate::db;
 use crate::poller::Poller;
 use crate::reconcile::minutes_since;
@@ -72,15 +71,11 @@ impl HealthMonitor {
         }
         tick.orphaned = orphans.len();
         shared.metrics.drift.set(orphans.len() as i64);
-        let poller = &self.poller;
-        let outcomes: Vec<Outcome> =
-            futures::stream::iter(orphans)
-                .map(|job| async move {
-                    reconcile_job(shared, Some(poller), &job, Caller::HealthMonitor, false).await.outcome
-                })
-                .buffer_unordered(shared.settings.recovery_concurrency.max(1))
-                .collect()
-                .await;
+        let outcomes: Vec<Outcome> = reconcile_many(shared, Some(&self.poller), orphans, Caller::HealthMonitor, false)
+            .await
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect();
         for outcome in &outcomes {
             match outcome {
                 Outcome::PollingRestarted | Outcome::NotFoundWithinGrace | Outcome::UnreachableLeftForRetry => {

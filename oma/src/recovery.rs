@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Serialize;
 use sqlx::MySqlPool;
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
-use crate::apply::{reconcile_job, Caller, JobReport, Outcome};
+use crate::apply::{reconcile_many, Caller, JobReport, Outcome};
 use crate::db;
 use crate::poller::Poller;
 use crate::shared::Shared;
@@ -177,11 +176,7 @@ pub async fn scan(
     if !skipped_being_polled.is_empty() {
         info!("{} unfinished jobs are being polled by a live poller - left to it", skipped_being_polled.len());
     }
-    let reports: Vec<JobReport> = futures::stream::iter(todo)
-        .map(|job| async move { reconcile_job(shared, poller, &job, caller, dry_run).await })
-        .buffer_unordered(shared.settings.recovery_concurrency.max(1))
-        .collect()
-        .await;
+    let reports: Vec<JobReport> = reconcile_many(shared, poller, todo, caller, dry_run).await;
     let mut summary = RecoverySummary::default();
     for r in &reports {
         summary.count(r.outcome);
