@@ -2,6 +2,7 @@
 //! (SIGKILL), captured logs. `OMA_UNDER_TEST="cmd …"` runs another OMA with the same
 //! environment-variable configuration; the default is this workspace's `oma-api`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
@@ -162,6 +164,13 @@ impl LogBuffer {
         self.0.lock().expect("log lock").iter().skip(mark).cloned().collect()
     }
 
+    /// The first line at or after `from` containing `needle`, and the index to resume from.
+    pub fn find_from(&self, from: usize, needle: &str) -> (Option<String>, usize) {
+        let lines = self.0.lock().expect("log lock");
+        let found = lines.iter().skip(from).find(|l| l.contains(needle)).cloned();
+        (found, lines.len())
+    }
+
     pub fn count(&self, needle: &str) -> usize {
         self.0.lock().expect("log lock").iter().filter(|l| l.contains(needle)).count()
     }
@@ -247,10 +256,10 @@ impl OmaProcess {
         self.last_start = Some(Instant::now());
         let header = format!("===== {} start #{} (port {}) =====", self.name, self.starts, self.port);
         self.log.push(header.clone());
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).await.ok();
-        let file = Arc::new(tokio::sync::Mutex::new(file));
-        if let Some(f) = file.lock().await.as_mut() {
-            let _ = f.write_all(format!("{header}\n").as_bytes()).await;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).ok();
+        let file = Arc::new(Mutex::new(file.map(std::io::BufWriter::new)));
+        if let Some(f) = file.lock().expect("log file lock").as_mut() {
+            let _ = writeln!(f, "{header}");
         }
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
@@ -258,12 +267,16 @@ impl OmaProcess {
             let log = self.log.clone();
             let file = file.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
+                // Read promptly so the OMA never blocks on a full pipe; buffered file writes.
+                let mut lines = BufReader::with_capacity(1 << 16, stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(f) = file.lock().await.as_mut() {
-                        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+                    if let Some(f) = file.lock().expect("log file lock").as_mut() {
+                        let _ = writeln!(f, "{line}");
                     }
                     log.push(line);
+                }
+                if let Some(f) = file.lock().expect("log file lock").as_mut() {
+                    let _ = f.flush();
                 }
             });
         }
@@ -328,10 +341,13 @@ impl OmaProcess {
     /// Wait until a log line contains `needle`, printing the tail if it never does.
     pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
+        let mut from = 0;
         loop {
-            if let Some(line) = self.log.lines().into_iter().find(|l| l.contains(needle)) {
+            let (found, next) = self.log.find_from(from, needle);
+            if let Some(line) = found {
                 return Ok(line);
             }
+            from = next;
             if Instant::now() > deadline {
                 bail!(
                     "{}: no log line containing {needle:?} within {timeout:?}. Log tail:\n{}",

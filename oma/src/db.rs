@@ -598,6 +598,8 @@ async fn recompute_contexts(
     summaries: &[(String, String)],
 ) -> Result<(), sqlx::Error> {
     let active = active_status_sql_list();
+    // Row estimates lag behind thousands of jobs turning `completed` within seconds; without the
+    // hint MariaDB picks idx_replication_jobs_status and scans every completed job per context.
     let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vm_replication_contexts c JOIN (");
     for (i, (ctx, summary)) in summaries.iter().enumerate() {
         qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
@@ -607,16 +609,16 @@ async fn recompute_contexts(
     qb.push(format!(
         ") v ON c.context_id = v.ctx SET \
          c.current_status = CASE \
-            WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active})) THEN 'replicating' \
+            WHEN EXISTS (SELECT 1 FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ({active})) THEN 'replicating' \
             WHEN c.current_status IN ('failed_over_test','failed_over_live','cleanup_required','completed') THEN c.current_status \
-            WHEN EXISTS (SELECT 1 FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed') THEN 'ready_for_failover' \
+            WHEN EXISTS (SELECT 1 FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed') THEN 'ready_for_failover' \
             ELSE 'failed' END, \
-         c.current_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
-         c.total_jobs_run = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id), \
-         c.successful_jobs = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
-         c.failed_jobs = (SELECT COUNT(*) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status IN ('failed','replication_failed')), \
-         c.last_successful_job_id = (SELECT j.id FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
-         c.last_replication_at = (SELECT MAX(j.completed_at) FROM replication_jobs j WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
+         c.current_job_id = (SELECT j.id FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
+         c.total_jobs_run = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id), \
+         c.successful_jobs = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
+         c.failed_jobs = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ('failed','replication_failed')), \
+         c.last_successful_job_id = (SELECT j.id FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
+         c.last_replication_at = (SELECT MAX(j.completed_at) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
          c.last_operation_summary = v.summary, \
          c.last_status_change = NOW(3), c.updated_at = NOW(3)"
     ));
