@@ -202,73 +202,108 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
     })
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadFigures {
-    pub server: &'static str,
+    pub server: String,
     pub requests: u64,
     pub requests_per_second: f64,
     pub p50: Duration,
     pub p99: Duration,
     pub rss_growth_mib: f64,
+    /// CPU seconds the server's process spent per 1,000 requests (separate-process client only).
+    pub server_cpu_ms_per_1k: Option<f64>,
 }
 
-/// `connections` clients each with one keep-alive connection, GETting `url` for `duration`.
-async fn load(
-    server: &'static str,
-    url: String,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<LoadFigures> {
-    let rss0 = rss_kib();
-    let deadline = Instant::now() + duration;
+/// Latency histogram: 10 µs buckets up to 200 ms (fixed size, so measuring costs no memory).
+const BUCKET_US: u64 = 10;
+const BUCKETS: usize = 20_000;
+
+/// `connections` clients each with one keep-alive connection, GETting `url` for `duration` after
+/// a one-second warm-up (RSS is read after the warm-up and at the end).
+pub async fn load(server: &str, url: String, connections: usize, duration: Duration) -> anyhow::Result<LoadFigures> {
+    let warmup = Duration::from_secs(1).min(duration);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let deadline = measure_from + duration;
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
-                let mut latencies = Vec::with_capacity(100_000);
-                while Instant::now() < deadline {
+                let mut histogram = vec![0u32; BUCKETS];
+                loop {
                     let t = Instant::now();
+                    if t >= deadline {
+                        break;
+                    }
                     let ok = match client.get(&url).send().await {
                         Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                         Err(_) => false,
                     };
-                    if ok {
-                        latencies.push(t.elapsed());
+                    if ok && t >= measure_from {
+                        let us = t.elapsed().as_micros() as u64;
+                        histogram[((us / BUCKET_US) as usize).min(BUCKETS - 1)] += 1;
                     }
                 }
-                latencies
+                histogram
             })
         })
         .collect();
-    let mut all = Vec::new();
+    tokio::time::sleep_until(measure_from.into()).await;
+    let rss0 = rss_kib();
+    let mut histogram = vec![0u64; BUCKETS];
     for t in tasks {
-        all.extend(t.await?);
+        for (total, n) in histogram.iter_mut().zip(t.await?) {
+            *total += n as u64;
+        }
     }
-    all.sort();
-    let n = all.len() as u64;
+    let rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
+    let n: u64 = histogram.iter().sum();
     if n == 0 {
         bail!("{server}: no successful request");
     }
-    let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    let pick = |q: f64| {
+        let target = (n as f64 * q) as u64;
+        let mut seen = 0;
+        for (i, count) in histogram.iter().enumerate() {
+            seen += count;
+            if seen > target {
+                return Duration::from_micros(i as u64 * BUCKET_US + BUCKET_US / 2);
+            }
+        }
+        Duration::from_micros(BUCKETS as u64 * BUCKET_US)
+    };
     Ok(LoadFigures {
-        server,
+        server: server.to_string(),
+        server_cpu_ms_per_1k: None,
         requests: n,
         requests_per_second: n as f64 / duration.as_secs_f64(),
         p50: pick(0.5),
         p99: pick(0.99),
-        rss_growth_mib: (rss_kib() as f64 - rss0 as f64) / 1024.0,
+        rss_growth_mib,
     })
 }
 
 /// The same progress-poll load on sim-vma and on a wiremock `MockServer` answering the same JSON.
-pub async fn sim_vs_wiremock(connections: usize, duration: Duration) -> anyhow::Result<Vec<LoadFigures>> {
+/// With `separate_client`, the load comes from another process (`oma-bench --load-client`), so
+/// this process is only the server and its CPU per request is measured too.
+pub async fn sim_vs_wiremock(
+    connections: usize,
+    duration: Duration,
+    separate_client: bool,
+) -> anyhow::Result<Vec<LoadFigures>> {
     let sim = sim_vma::SimVma::start(sim_vma::SimConfig::default()).await?;
     let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
     sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
     let body = reqwest::get(format!("{}/api/v1/progress/job-load", sim.vma_url())).await?.text().await?;
-    let sim_figures =
-        load("sim-vma", format!("{}/api/v1/progress/job-load", sim.vma_url()), connections, duration).await?;
+    let run = |server: &'static str, url: String| async move {
+        if separate_client {
+            load_from_child(server, url, connections, duration).await
+        } else {
+            load(server, url, connections, duration).await
+        }
+    };
+    let sim_figures = run("sim-vma", format!("{}/api/v1/progress/job-load", sim.vma_url())).await?;
     sim.shutdown().await;
     let mock = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("GET"))
@@ -276,7 +311,39 @@ pub async fn sim_vs_wiremock(connections: usize, duration: Duration) -> anyhow::
         .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body, "application/json"))
         .mount(&mock)
         .await;
-    let mock_figures =
-        load("wiremock", format!("{}/api/v1/progress/job-load", mock.uri()), connections, duration).await?;
+    let mock_figures = run("wiremock", format!("{}/api/v1/progress/job-load", mock.uri())).await?;
     Ok(vec![sim_figures, mock_figures])
+}
+
+/// Run the load generator as a child process (`<this exe> --load-client URL`), measuring this
+/// process's CPU and RSS while it serves.
+async fn load_from_child(
+    server: &str,
+    url: String,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadFigures> {
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new(exe)
+        .args([
+            "--load-client",
+            &url,
+            "--connections",
+            &connections.to_string(),
+            "--load-duration",
+            &format!("{}ms", duration.as_millis()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let me = std::process::id();
+    let (cpu0, _) = proc_usage(me).context("/proc")?;
+    let rss0 = rss_kib();
+    let out = child.wait_with_output().await?;
+    let (cpu1, _) = proc_usage(me).context("/proc")?;
+    let mut figures: LoadFigures = serde_json::from_slice(&out.stdout).context("load client output")?;
+    figures.server = server.to_string();
+    figures.rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
+    figures.server_cpu_ms_per_1k = Some((cpu1 - cpu0) * 1000.0 / (figures.requests as f64 / 1000.0));
+    Ok(figures)
 }

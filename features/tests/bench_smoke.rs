@@ -14,7 +14,7 @@ async fn benchmarks_run_at_a_smoke_size() {
     assert!(resume.all_polled_after_ready > Duration::ZERO);
     let steady = bench::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
     assert!(steady.polls_per_second > 0.0, "{steady:?}");
-    let load = bench::sim_vs_wiremock(4, Duration::from_millis(500)).await.unwrap();
+    let load = bench::sim_vs_wiremock(4, Duration::from_millis(500), false).await.unwrap();
     assert_eq!(load.len(), 2);
     assert!(load.iter().all(|f| f.requests > 0), "{load:?}");
 }

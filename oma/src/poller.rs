@@ -116,7 +116,10 @@ impl Poller {
     pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>, just_observed: bool) {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let first_due = if just_observed { now + self.inner.shared.settings.poll_interval } else { now };
+        // Jobs recovered together get their own phase within the interval, so thousands of them
+        // do not fire on the same tick.
+        let first_due =
+            if just_observed { now + self.inner.shared.settings.poll_interval.mul_f64(phase_of(&job.id)) } else { now };
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
         let entry = jobs.entry(job.id.clone()).or_insert_with(|| Tracked {
             facts: job.facts(),
@@ -182,8 +185,8 @@ impl Poller {
     /// Start a poll for every due job that has no request in flight.
     pub fn tick(&self) -> TickOutcome {
         let now = Instant::now();
-        // Ticks jitter by a few milliseconds; a job due just after this tick is due now.
-        let horizon = now + self.inner.shared.settings.poll_interval / 5;
+        // Ticks jitter by a few milliseconds; a job due within half a tick is due now.
+        let horizon = now + tick_period(self.inner.shared.settings.poll_interval) / 2;
         let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
             let mut jobs = self.inner.jobs.lock().expect("poller lock");
             jobs.iter_mut()
@@ -348,14 +351,19 @@ impl Poller {
         let rx = self.inner.writes_rx.lock().expect("poller lock").take();
         let writer = rx.map(|rx| tokio::spawn(write_loop(self.inner.shared.clone(), rx)));
         info!("🚀 VMA progress poller started successfully (interval {})", humantime::format_duration(interval));
-        let mut ticker = tokio::time::interval(interval);
+        // Dispatch ten times per interval (each job keeps its own phase); maintain once per interval.
+        let mut ticker = tokio::time::interval(tick_period(interval));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_maintained: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = ticker.tick() => {
-                    if let Err(e) = self.maintain().await {
-                        warn!("⚠️ VMA poller could not renew its leases: {e}");
+                    if last_maintained.is_none_or(|t| t.elapsed() >= interval) {
+                        last_maintained = Some(Instant::now());
+                        if let Err(e) = self.maintain().await {
+                            warn!("⚠️ VMA poller could not renew its leases: {e}");
+                        }
                     }
                     self.tick();
                 }
@@ -381,6 +389,17 @@ impl Poller {
         }
         info!("VMA progress poller stopped");
     }
+}
+
+/// How often due jobs are dispatched: a tenth of the interval, at least 10 ms.
+fn tick_period(interval: Duration) -> Duration {
+    (interval / 10).max(Duration::from_millis(10))
+}
+
+/// A job's phase in [0.6, 1.0) of an interval, stable for its id.
+fn phase_of(job_id: &str) -> f64 {
+    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    0.6 + (hash % 1000) as f64 / 2500.0
 }
 
 fn status_of(job_id: &str, t: &Tracked, now: DateTime<Utc>) -> PolledJobStatus {
@@ -441,5 +460,21 @@ async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteMs
         if !open {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_spread_within_the_interval() {
+        let phases: Vec<f64> = (0..1000).map(|i| phase_of(&format!("job-{i}"))).collect();
+        assert!(phases.iter().all(|p| (0.6..1.0).contains(p)));
+        let low = phases.iter().filter(|p| **p < 0.8).count();
+        assert!((350..650).contains(&low), "{low} of 1000 in the first half");
+        assert_eq!(phase_of("job-1"), phase_of("job-1"));
+        assert_eq!(tick_period(Duration::from_secs(5)), Duration::from_millis(500));
+        assert_eq!(tick_period(Duration::from_millis(50)), Duration::from_millis(10));
     }
 }

@@ -29,6 +29,12 @@ struct Cli {
     connections: usize,
     #[arg(long, default_value = "10s")]
     load_duration: humantime::Duration,
+    /// Run the load generator in the same process as the servers (default: a child process)
+    #[arg(long)]
+    same_process_client: bool,
+    /// Internal: act as the load-generating child for URL and print its figures as JSON
+    #[arg(long, hide = true)]
+    load_client: Option<String>,
 }
 
 fn ms(d: Duration) -> String {
@@ -38,6 +44,11 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(url) = cli.load_client {
+        let figures = bench::load("client", url, cli.connections, *cli.load_duration).await?;
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(());
+    }
     let want = |m: &str| cli.only.iter().any(|o| o == m);
     println!(
         "machine: {} cores, {}",
@@ -78,24 +89,28 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if want("load") {
+        let place = if cli.same_process_client { "client in the same process" } else { "client in a separate process" };
+        println!("\n### sim-vma vs wiremock ({} connections, {}; {place})\n", cli.connections, cli.load_duration);
         println!(
-            "\n### sim-vma vs wiremock ({} connections, {}; same process, same client)\n",
-            cli.connections, cli.load_duration
+            "| server | requests/s | p50 | p99 | server CPU per 1k requests | server RSS growth |\n|---|---:|---:|---:|---:|---:|"
         );
-        println!("| server | requests/s | p50 | p99 | RSS growth |\n|---|---:|---:|---:|---:|");
-        let figures = bench::sim_vs_wiremock(cli.connections, *cli.load_duration).await?;
+        let figures = bench::sim_vs_wiremock(cli.connections, *cli.load_duration, !cli.same_process_client).await?;
         for f in &figures {
             println!(
-                "| {} | {:.0} | {:.2} ms | {:.2} ms | {:.1} MiB |",
+                "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} MiB |",
                 f.server,
                 f.requests_per_second,
                 f.p50.as_secs_f64() * 1000.0,
                 f.p99.as_secs_f64() * 1000.0,
+                f.server_cpu_ms_per_1k.map(|c| format!("{c:.1} ms")).unwrap_or_else(|| "-".into()),
                 f.rss_growth_mib
             );
         }
         if let [sim, mock] = figures.as_slice() {
             println!("\nsim-vma / wiremock throughput: {:.1}x", sim.requests_per_second / mock.requests_per_second);
+            if let (Some(a), Some(b)) = (sim.server_cpu_ms_per_1k, mock.server_cpu_ms_per_1k) {
+                println!("wiremock / sim-vma server CPU per request: {:.1}x", b / a);
+            }
         }
     }
     Ok(())
