@@ -1,7 +1,8 @@
 @job-sheet
 Feature: Job sheet - observability endpoints (phase 4) and production testing criteria (task 5.3)
 
-  Scenario: The recovery status endpoint and the manual trigger
+  @regression
+  Scenario: Defect 6 - the recovery status endpoint and the manual trigger exist and work
     Given the health monitor checks every 60000 ms
     And the OMA API is running
     When a job the OMA never polled appears as replicating at 95%
@@ -21,7 +22,8 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the job is "completed"
     And the recovery metadata shows method "manual"
 
-  Scenario: The polling status endpoints show the polled job
+  @regression
+  Scenario: Defect 6 - the polling status endpoints show the polled job
     Given the OMA API is running
     And a replication job was started through the API
     And the job has reached 20% progress

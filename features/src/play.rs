@@ -11,8 +11,8 @@ use sim_vma::scenario::{Action, Scenario};
 
 use crate::lab::{Lab, SeedJob};
 
-/// Log phrases worth showing while a scenario plays.
-const KEY_PHRASES: [&str; 14] = [
+/// Log phrases worth showing: while a scenario plays, and as evidence in the sign-off report.
+pub const KEY_PHRASES: [&str; 14] = [
     "Starting intelligent job recovery",
     "No active jobs found",
     "active jobs requiring recovery",

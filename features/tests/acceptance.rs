@@ -95,23 +95,10 @@ impl OmaWorld {
                 ));
             }
         }
-        const KEY: [&str; 12] = [
-            "Found ",
-            "Recovery decision",
-            "still running on VMA",
-            "Successfully restarted",
-            "completed on VMA",
-            "marked as",
-            "VMA unreachable",
-            "not found on VMA",
-            "VMA reports job failed",
-            "Total processed",
-            "Found job not being polled",
-            "No active jobs found",
-        ];
+
         for oma in &lab.omas {
             for line in oma.log.lines() {
-                if KEY.iter().any(|k| line.contains(k)) && out.len() < 40 {
+                if oma_acceptance::play::KEY_PHRASES.iter().any(|k| line.contains(k)) && out.len() < 40 {
                     out.push(format!("log ({}): {}", oma.name, line.trim()));
                 }
             }

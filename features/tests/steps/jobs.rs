@@ -36,21 +36,26 @@ async fn no_active_jobs(world: &mut OmaWorld) {
 #[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago$")]
 #[when(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago$")]
 async fn seeded_job(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
+    seed_new_job(world, &status, pct, minutes, false).await;
+}
+
+/// Seed the scenario's job as a previous OMA left it (never polled: no poll time, no polling state).
+async fn seed_new_job(world: &mut OmaWorld, status: &str, pct: f64, minutes: f64, never_polled: bool) -> String {
     let id = next_job_id(world);
     let mut job = SeedJob::replicating(&id, pct, minutes);
-    job.status = status;
+    job.status = status.to_string();
+    if never_polled {
+        job.last_poll_minutes_ago = None;
+        job.polling_started_minutes_ago = None;
+    }
     seed(world, "", job).await;
+    id
 }
 
 #[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
 #[when(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
 async fn seeded_never_polled(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
-    let id = next_job_id(world);
-    let mut job = SeedJob::replicating(&id, pct, minutes);
-    job.status = status;
-    job.last_poll_minutes_ago = None;
-    job.polling_started_minutes_ago = None;
-    seed(world, "", job).await;
+    seed_new_job(world, &status, pct, minutes, true).await;
 }
 
 #[given(regex = r"^the job's progress last changed (\d+) minutes ago$")]
@@ -384,12 +389,7 @@ async fn stop_polling(world: &mut OmaWorld) {
 
 #[when(regex = r"^a job the OMA never polled appears as (\w+) at (\d+)%$")]
 async fn never_polled_appears(world: &mut OmaWorld, status: String, pct: f64) {
-    let id = next_job_id(world);
-    let mut job = SeedJob::replicating(&id, pct, 0.1);
-    job.status = status;
-    job.last_poll_minutes_ago = None;
-    job.polling_started_minutes_ago = None;
-    seed(world, "", job).await;
+    let id = seed_new_job(world, &status, pct, 0.1, true).await;
     let names = world.export_names.get("").cloned().unwrap_or_default();
     world.lab().vma_job(&id, &names, json!({"mode": "running", "start_percent": pct})).await.expect("sim");
 }
