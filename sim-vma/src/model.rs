@@ -413,6 +413,9 @@ impl ProgressBody {
             Mode::Failed { message } if !message.is_empty() => (vec![message.clone()], Some(message.clone())),
             _ => (Vec::new(), None),
         };
+        // Format each timestamp once (the body carries each three times).
+        let now_text = rfc3339(now);
+        let start_text = rfc3339(job.started_at);
         ProgressBody {
             job_id: job.job_id.clone(),
             status: job.status.clone(),
@@ -426,13 +429,13 @@ impl ProgressBody {
                 current_mbps: mbps,
                 average_mbps: mbps,
                 peak_mbps: mbps,
-                last_update: rfc3339(now),
+                last_update: now_text.clone(),
             },
             timing: Timing {
-                start_time: rfc3339(job.started_at),
-                last_update: rfc3339(now),
+                start_time: start_text.clone(),
+                last_update: now_text,
                 elapsed_ms: elapsed,
-                phase_start: rfc3339(job.started_at),
+                phase_start: start_text.clone(),
                 phase_elapsed_ms: elapsed,
                 eta_seconds: eta_seconds(
                     &job.status,
@@ -452,7 +455,7 @@ impl ProgressBody {
             phases: vec![PhaseInfo {
                 name: job.phase.clone(),
                 status: job.status.clone(),
-                start_time: rfc3339(job.started_at),
+                start_time: start_text,
                 end_time: "",
                 duration_ms: 0,
             }],

@@ -568,14 +568,14 @@ async fn with_faults(
     let started = Instant::now();
     let path = req.uri().path().to_string();
     let method = req.method().to_string();
-    let decision = {
-        let mut inner = state.lock();
-        let faults = inner.faults.clone();
-        decide_faults(&faults, &mut inner.rng)
-    };
     // While a connection-level fault is probabilistic, close every connection after one answer so
     // each request is a new connection with its own draw.
-    let close_after = matches!(decision_faults_unreachable(&state), Some(mode) if is_connection_fault(mode));
+    let (decision, close_after) = {
+        let mut inner = state.lock();
+        let inner = &mut *inner;
+        let close_after = matches!(inner.faults.unreachable, Some((mode, _)) if is_connection_fault(mode));
+        (decide_faults(&inner.faults, &mut inner.rng), close_after)
+    };
     if decision.unreachable == Some(UnreachableMode::HangAfterHeaders) {
         {
             state.record(&method, &path, None, "fault_hang_after_headers", 200, started);
@@ -606,10 +606,6 @@ async fn with_faults(
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
-}
-
-fn decision_faults_unreachable(state: &SimState) -> Option<UnreachableMode> {
-    state.lock().faults.unreachable.map(|(mode, _)| mode)
 }
 
 use futures::StreamExt;
@@ -700,11 +696,21 @@ async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) ->
         Reply::Malformed(_, body) => ("malformed", json_response(StatusCode::OK, body)),
     };
     let status = response.status().as_u16();
-    {
-        let mut inner = state.lock();
-        inner.journal.poll_finished(&job_id, outcome);
-    }
-    state.record("GET", &path, Some(&job_id), outcome, status, started);
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    debug!(path, job = job_id, outcome, status, latency_ms, "VMA request");
+    let mut inner = state.lock();
+    inner.journal.poll_finished(&job_id, outcome);
+    inner.journal.record(crate::journal::Entry {
+        seq: 0,
+        at: now,
+        method: "GET".to_string(),
+        path,
+        job: Some(job_id),
+        outcome: outcome.to_string(),
+        status,
+        latency_ms,
+    });
+    drop(inner);
     response
 }
 
