@@ -198,13 +198,7 @@ async fn recent_jobs(State(state): State<AppState>, Path(context_id): Path<Strin
                 item["current_step"] = json!(step);
             }
             if let Some(raw) = &j.error_message {
-                let class = j.vma_error_classification.as_deref().and_then(|c| match c {
-                    "job_lost" => Some(FailureClass::JobLost),
-                    "vma_unreachable_timeout" => Some(FailureClass::VmaUnreachableTimeout),
-                    "vma_stalled" => Some(FailureClass::VmaStalled),
-                    "vma_reported_failure" => Some(FailureClass::VmaReportedFailure),
-                    _ => None,
-                });
+                let class = j.vma_error_classification.as_deref().and_then(FailureClass::parse);
                 let clean = sanitize_replication_error(raw, class);
                 item["error_message"] = json!(clean.user_message);
                 item["error_category"] = json!(clean.category);

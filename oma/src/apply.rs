@@ -104,17 +104,6 @@ fn recovery_mark(caller: Caller, observation: &Observation, polling_restarted: b
     Some(RecoveryMark { method, vma_validated, polling_restarted })
 }
 
-/// Reconcile one unfinished job (see [`reconcile_many`]).
-pub async fn reconcile_job(
-    shared: &Shared,
-    poller: Option<&Poller>,
-    job: &UnfinishedJob,
-    caller: Caller,
-    dry_run: bool,
-) -> JobReport {
-    reconcile_many(shared, poller, vec![job.clone()], caller, dry_run).await.pop().expect("one job in, one report out")
-}
-
 /// What the VMA said about one job, and the decision.
 struct Observed {
     job: UnfinishedJob,

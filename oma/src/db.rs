@@ -149,7 +149,8 @@ impl UnfinishedJob {
     }
 }
 
-/// Every unfinished job (no age filter), optionally one, with export names, in two queries.
+/// Every unfinished job (no age filter), optionally one, with its polling state. Export names
+/// are attached separately ([`attach_export_names`]) for the jobs that will ask the VMA.
 pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result<Vec<UnfinishedJob>, sqlx::Error> {
     let sql = format!(
         "SELECT j.id, j.vm_context_id, j.source_vm_name, j.status, j.progress_percent, j.bytes_transferred, \
@@ -188,13 +189,18 @@ pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result
             export_names: Vec::new(),
         });
     }
-    let names = export_names_for(pool, jobs.iter().map(|j| j.id.as_str())).await?;
-    for job in &mut jobs {
-        if let Some(n) = names.get(&job.id) {
-            job.export_names = n.clone();
+    Ok(jobs)
+}
+
+/// Fill `export_names` of these jobs, in one query per 500 jobs.
+pub async fn attach_export_names(pool: &MySqlPool, jobs: &mut [UnfinishedJob]) -> Result<(), sqlx::Error> {
+    let mut names = export_names_for(pool, jobs.iter().map(|j| j.id.as_str())).await?;
+    for job in jobs.iter_mut() {
+        if let Some(n) = names.remove(&job.id) {
+            job.export_names = n;
         }
     }
-    Ok(jobs)
+    Ok(())
 }
 
 /// NBD export names per job, ordered by disk unit number, without duplicates.
@@ -310,33 +316,6 @@ pub async fn write_poll_stats_batch(pool: &MySqlPool, owner: &str, stats: &[Poll
         qb.build().execute(pool).await?;
     }
     Ok(())
-}
-
-/// Claim polling of a job for `owner`: succeeds when the job is unclaimed, released, its lease
-/// expired, or already ours. `started_polling_at` is kept from the first claim.
-pub async fn claim_polling(pool: &MySqlPool, job_id: &str, owner: &str, lease: Duration) -> Result<bool, sqlx::Error> {
-    let lease_us = lease.as_micros() as i64;
-    sqlx::query(
-        "INSERT INTO vma_polling_state (job_id, owner_instance, lease_expires_at, started_polling_at, is_active) \
-         VALUES (?, ?, NOW(3) + INTERVAL ? MICROSECOND, NOW(3), 1) ON DUPLICATE KEY UPDATE job_id = job_id",
-    )
-    .bind(job_id)
-    .bind(owner)
-    .bind(lease_us)
-    .execute(pool)
-    .await?;
-    let result = sqlx::query(
-        "UPDATE vma_polling_state SET owner_instance = ?, is_active = 1, \
-         lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
-         WHERE job_id = ? AND (owner_instance = ? OR is_active = 0 OR lease_expires_at < NOW(3))",
-    )
-    .bind(owner)
-    .bind(lease_us)
-    .bind(job_id)
-    .bind(owner)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected() == 1)
 }
 
 /// Give up polling one job (released rows are free for any poller to claim).

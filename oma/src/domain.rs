@@ -106,6 +106,18 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    pub const ALL: [FailureClass; 5] = [
+        FailureClass::VmaReportedFailure,
+        FailureClass::JobLost,
+        FailureClass::VmaUnreachableTimeout,
+        FailureClass::VmaStalled,
+        FailureClass::ReplicateRejected,
+    ];
+
+    pub fn parse(s: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::VmaReportedFailure => "vma_reported_failure",

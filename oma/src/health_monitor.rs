@@ -69,6 +69,7 @@ impl HealthMonitor {
             info!("🚨 Health monitor: Job {} NOT being polled (orphaned) - investigating", job.id);
             orphans.push(job);
         }
+        db::attach_export_names(&shared.pool, &mut orphans).await?;
         tick.orphaned = orphans.len();
         shared.metrics.drift.set(orphans.len() as i64);
         let outcomes: Vec<Outcome> = reconcile_many(shared, Some(&self.poller), orphans, Caller::HealthMonitor, false)

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tracing::{info, warn};
 
-use crate::db::{self, Finalization, UnfinishedJob};
+use crate::db::{self, Finalization};
 use crate::domain::{nbd_export_name, FailureClass, JobStatus};
 use crate::poller::Poller;
 use crate::shared::Shared;
-use crate::vma_client::{LookupKey, NbdTarget, ReplicateRequest};
+use crate::vma_client::{NbdTarget, ReplicateRequest};
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default)]
@@ -285,9 +285,19 @@ pub async fn create_replication(
     .bind(&job_id)
     .execute(&shared.pool)
     .await?;
-    if db::claim_polling(&shared.pool, &job_id, &shared.instance_id, shared.settings.lease_ttl()).await? {
-        if let Some(job) = db::load_unfinished(&shared.pool, Some(&job_id)).await?.into_iter().next() {
-            poller_track(poller, &job);
+    let claimed = db::claim_polling_many(
+        &shared.pool,
+        std::slice::from_ref(&job_id),
+        &shared.instance_id,
+        shared.settings.lease_ttl(),
+    )
+    .await?;
+    if claimed.contains(&job_id) {
+        let mut jobs = db::load_unfinished(&shared.pool, Some(&job_id)).await?;
+        db::attach_export_names(&shared.pool, &mut jobs).await?;
+        if let Some(job) = jobs.first() {
+            // Nobody asked the VMA about it yet: poll at once.
+            poller.track(job, None, false);
         }
     }
     info!(job_id = %job_id, "🚀 Replication started on VMA - polling started");
@@ -301,9 +311,4 @@ pub async fn create_replication(
         started_at: Utc::now(),
         message: "Replication job started successfully",
     })
-}
-
-fn poller_track(poller: &Poller, job: &UnfinishedJob) {
-    let preferred = if job.export_names.is_empty() { Some(LookupKey::JobId) } else { None };
-    poller.track(job, preferred, false);
 }
