@@ -47,6 +47,27 @@ fn bench_config(lab: &Lab, interval: Duration) -> OmaConfig {
     c
 }
 
+/// A lab with `n` replicating jobs in the database, and in sim-vma whatever `vma_spec(i)` says
+/// (None: the VMA does not know job i).
+async fn lab_with_jobs(
+    name: &str,
+    n: usize,
+    progress: f64,
+    updated_minutes_ago: f64,
+    vma_spec: impl Fn(usize) -> Option<serde_json::Value>,
+) -> anyhow::Result<(Lab, Vec<String>)> {
+    let lab = Lab::new(name).await?;
+    let ids = job_ids(n);
+    let names = seed_jobs_bulk(lab.pool(), &ids, progress, updated_minutes_ago).await?;
+    for (i, (id, export_name)) in ids.iter().zip(&names).enumerate() {
+        let Some(mut spec) = vma_spec(i) else { continue };
+        spec["export_names"] = json!([export_name]);
+        let spec: sim_vma::spec::JobSpec = serde_json::from_value(spec)?;
+        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok((lab, ids))
+}
+
 #[derive(Debug, Clone)]
 pub struct RecoveryFigures {
     pub n: usize,
@@ -58,23 +79,17 @@ pub struct RecoveryFigures {
 /// N unfinished jobs, a mix of running, completed, failed, not found and HTTP-200 not found:
 /// time from process start to the recovery summary.
 pub async fn recovery(n: usize) -> anyhow::Result<RecoveryFigures> {
-    let mut lab = Lab::new(&format!("bench-recovery-{n}")).await?;
-    let ids = job_ids(n);
-    let names = seed_jobs_bulk(lab.pool(), &ids, 50.0, 2.0).await?;
-    for (i, (id, name)) in ids.iter().zip(&names).enumerate() {
-        let spec = match i % 10 {
-            0..=3 => json!({"mode": "running", "start_percent": 50}),
-            4 | 5 => json!({"mode": "completed"}),
-            6 => json!({"mode": "failed", "message": "disk read error"}),
-            7 | 8 => continue,
-            _ => json!({"mode": "http200_not_found"}),
-        };
-        let mut spec: sim_vma::spec::JobSpec = serde_json::from_value(spec)?;
-        spec.export_names = Some(vec![name.clone()]);
-        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let (mut lab, ids) = lab_with_jobs(&format!("bench-recovery-{n}"), n, 50.0, 2.0, |i| match i % 10 {
+        0..=3 => Some(json!({"mode": "running", "start_percent": 50})),
+        4 | 5 => Some(json!({"mode": "completed"})),
+        6 => Some(json!({"mode": "failed", "message": "disk read error"})),
+        7 | 8 => None,
+        _ => Some(json!({"mode": "http200_not_found"})),
+    })
+    .await?;
     let mut config = bench_config(&lab, Duration::from_secs(5));
-    config.extra_env.push(("RUST_LOG".into(), "info".into()));
+    // The summary line this measures up to is logged at info.
+    config.extra_env.retain(|(k, _)| k != "RUST_LOG");
     let started = Instant::now();
     lab.start_oma_with(config).await?;
     lab.oma().wait_for_log("Job recovery completed successfully", Duration::from_secs(120)).await?;
@@ -101,14 +116,10 @@ pub struct ResumeFigures {
 
 /// N running jobs, OMA restarted: time from ready until every job has a fresh `vma_last_poll_at`.
 pub async fn resume(n: usize) -> anyhow::Result<ResumeFigures> {
-    let mut lab = Lab::new(&format!("bench-resume-{n}")).await?;
-    let ids = job_ids(n);
-    let names = seed_jobs_bulk(lab.pool(), &ids, 30.0, 0.5).await?;
-    for (id, name) in ids.iter().zip(&names) {
-        let spec: sim_vma::spec::JobSpec =
-            serde_json::from_value(json!({"mode": "running", "start_percent": 30, "export_names": [name]}))?;
-        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let (mut lab, _) = lab_with_jobs(&format!("bench-resume-{n}"), n, 30.0, 0.5, |_| {
+        Some(json!({"mode": "running", "start_percent": 30}))
+    })
+    .await?;
     lab.start_oma_with(bench_config(&lab, Duration::from_secs(5))).await?;
     wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(20), Duration::from_secs(120))
         .await?;
@@ -160,15 +171,10 @@ pub struct SteadyFigures {
 /// N running jobs polled every `interval` for `duration`: worst `vma_last_poll_at` age, OMA CPU
 /// (fraction of one core) and peak RSS.
 pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow::Result<SteadyFigures> {
-    let mut lab = Lab::new(&format!("bench-steady-{n}")).await?;
-    let ids = job_ids(n);
-    let names = seed_jobs_bulk(lab.pool(), &ids, 30.0, 0.5).await?;
-    for (id, name) in ids.iter().zip(&names) {
-        let spec: sim_vma::spec::JobSpec = serde_json::from_value(
-            json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001, "export_names": [name]}),
-        )?;
-        lab.sim().state.put_job(id, &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    let (mut lab, _) = lab_with_jobs(&format!("bench-steady-{n}"), n, 30.0, 0.5, |_| {
+        Some(json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001}))
+    })
+    .await?;
     lab.start_oma_with(bench_config(&lab, interval)).await?;
     wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
         .await?;

@@ -342,22 +342,11 @@ pub async fn seed_jobs_bulk(
                 .push_bind(progress)
                 .push_bind((progress * 1e8) as i64)
                 .push_bind(10_000_000_000i64)
-                .push_bind("Transfer")
-                .push_unseparated(", NOW(3) - INTERVAL ")
-                .push_bind_unseparated(us + 300_000_000)
-                .push_unseparated(" MICROSECOND")
-                .push_unseparated(", NOW(3) - INTERVAL ")
-                .push_bind_unseparated(us)
-                .push_unseparated(" MICROSECOND")
-                .push_unseparated(", NOW(3) - INTERVAL ")
-                .push_bind_unseparated(us + 300_000_000)
-                .push_unseparated(" MICROSECOND")
-                .push_unseparated(", NOW(3) - INTERVAL ")
-                .push_bind_unseparated(us)
-                .push_unseparated(" MICROSECOND")
-                .push_unseparated(", NOW(3) - INTERVAL ")
-                .push_bind_unseparated(us)
-                .push_unseparated(" MICROSECOND");
+                .push_bind("Transfer");
+            // created_at, updated_at, started_at, vma_last_poll_at, progress_changed_at
+            for ago in [us + 300_000_000, us, us + 300_000_000, us, us] {
+                b.push("NOW(3) - INTERVAL ").push_bind_unseparated(ago).push_unseparated(" MICROSECOND");
+            }
         });
         q.build().execute(pool).await?;
         let base = 1_000_000 + (chunk_no * 1000) as i64;

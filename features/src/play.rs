@@ -97,15 +97,14 @@ async fn walk(
     let started = Instant::now();
     lab.start_oma_with(config).await?;
     say("OMA started".into());
+    // Show new key lines only (the lab has one OMA process).
     let mut shown = 0usize;
     let show_logs = |lab: &Lab, shown: &mut usize| {
-        let lines = lab.omas.iter().flat_map(|o| o.log.lines()).collect::<Vec<_>>();
-        for line in lines.iter().skip(*shown) {
-            if KEY_PHRASES.iter().any(|k| line.contains(k)) {
-                say(format!("  oma: {}", line.trim()));
-            }
+        let new = lab.oma().log.since(*shown);
+        *shown += new.len();
+        for line in new.iter().filter(|l| KEY_PHRASES.iter().any(|k| l.contains(k))) {
+            say(format!("  oma: {}", line.trim()));
         }
-        *shown = lines.len();
     };
     for (at, action) in scenario.steps() {
         while started.elapsed() < at {

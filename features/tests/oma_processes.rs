@@ -52,7 +52,6 @@ async fn polling_survives_sigterm_and_sigkill_restarts() {
             lab.oma_mut().kill().await.unwrap();
         }
         let before = lab.job("job-run").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         let spawned_at = Utc::now();
         lab.oma_mut().spawn().await.unwrap();
         let first = first_poll_after(&lab, "job-run", spawned_at, Duration::from_secs(15)).await;

@@ -322,8 +322,13 @@ async fn restart_forgets_jobs_and_can_stay_down() {
     assert_eq!(get(&http, &sim, "j").await.unwrap().0, 404);
     control.put_job_json("j", &json!({"mode": "running"})).await.unwrap();
     control.restart(Some("400ms")).await.unwrap();
+    let down_at = Instant::now();
     assert!(tokio::net::TcpStream::connect(sim.vma_addr()).await.is_err());
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    while tokio::net::TcpStream::connect(sim.vma_addr()).await.is_err() {
+        assert!(down_at.elapsed() < Duration::from_secs(3), "the VMA never came back after down_for");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(down_at.elapsed() >= Duration::from_millis(300), "back too early: {:?}", down_at.elapsed());
     assert_eq!(get(&http, &sim, "j").await.unwrap().0, 404);
 }
 

@@ -427,11 +427,15 @@ async fn finalized_once(world: &mut OmaWorld) {
 async fn running_polled_once(world: &mut OmaWorld) {
     let running: Vec<String> =
         world.jobs.iter().filter(|(a, _)| a.starts_with("running-")).map(|(_, id)| id.clone()).collect();
-    let interval = world.lab().oma().config.poll_interval;
-    tokio::time::sleep(interval * 10).await;
     for id in &running {
-        let stats = world.lab().control.stats(id).await.expect("stats");
-        assert!(stats.polls > 3, "{id} not polled: {stats:?}");
+        let stats = world
+            .lab()
+            .wait_until(&format!("four polls of {id}"), WAIT, || async {
+                let stats = world.lab().control.stats(id).await?;
+                Ok(if stats.polls > 3 { Ok(stats) } else { Err(format!("{stats:?}")) })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(stats.max_in_flight, 1, "{id}: {stats:?}");
         let state = oma::db::polling_state(world.lab().pool(), id).await.expect("q").expect("polling state");
         assert!(state.is_active);

@@ -7,9 +7,14 @@ use crate::OmaWorld;
 
 async fn any_oma_logged(world: &OmaWorld, needle: &str) -> Result<(), String> {
     let deadline = std::time::Instant::now() + WAIT;
+    let mut scanned = vec![0usize; world.lab().omas.len()];
     loop {
-        if world.lab().omas.iter().any(|o| o.log.lines().iter().any(|l| l.contains(needle))) {
-            return Ok(());
+        for (oma, from) in world.lab().omas.iter().zip(scanned.iter_mut()) {
+            let (found, next) = oma.log.find_from(*from, needle);
+            if found.is_some() {
+                return Ok(());
+            }
+            *from = next;
         }
         if std::time::Instant::now() > deadline {
             let tails: Vec<String> =
