@@ -280,3 +280,29 @@ async fn a_job_is_finalized_exactly_once_with_two_writers() {
     assert_eq!(lab.job("job-race").await.unwrap().status, "completed");
     lab.teardown().await;
 }
+
+#[tokio::test]
+async fn recovery_locks_of_different_databases_do_not_block_each_other() {
+    let a = Lab::new("lock-a").await.unwrap();
+    let b = Lab::new("lock-b").await.unwrap();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let pool_a = a.pool().clone();
+    let holder = tokio::spawn(async move {
+        oma::recovery::with_recovery_lock(&pool_a, Duration::ZERO, async move {
+            held_tx.send(()).unwrap();
+            release_rx.await.unwrap();
+        })
+        .await
+        .unwrap()
+    });
+    held_rx.await.unwrap();
+    let other_db = oma::recovery::with_recovery_lock(b.pool(), Duration::ZERO, async {}).await.unwrap();
+    assert!(other_db.is_some(), "database b waited for database a's recovery lock");
+    let same_db = oma::recovery::with_recovery_lock(a.pool(), Duration::ZERO, async {}).await.unwrap();
+    assert!(same_db.is_none(), "a second recovery of database a must wait for the first");
+    release_tx.send(()).unwrap();
+    assert!(holder.await.unwrap().is_some());
+    a.teardown().await;
+    b.teardown().await;
+}

@@ -16,7 +16,9 @@ use crate::db;
 use crate::poller::Poller;
 use crate::shared::Shared;
 
-/// Name of the MariaDB lock that serializes recovery scans across OMA processes.
+/// Prefix of the MariaDB lock that serializes recovery scans across OMA processes. Named locks
+/// are server-wide, so the database name is appended: OMAs of different databases on one server
+/// must not wait for each other.
 pub const RECOVERY_LOCK: &str = "oma_job_recovery";
 
 /// Counts of every outcome of one scan.
@@ -193,7 +195,7 @@ pub async fn with_recovery_lock<T>(
     f: impl std::future::Future<Output = T>,
 ) -> Result<Option<T>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+    let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT(?, ':', DATABASE()), ?)")
         .bind(RECOVERY_LOCK)
         .bind(wait.as_secs_f64())
         .fetch_one(&mut *conn)
@@ -202,7 +204,10 @@ pub async fn with_recovery_lock<T>(
         return Ok(None);
     }
     let out = f.await;
-    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(?)").bind(RECOVERY_LOCK).fetch_one(&mut *conn).await?;
+    let _: Option<i64> = sqlx::query_scalar("SELECT RELEASE_LOCK(CONCAT(?, ':', DATABASE()))")
+        .bind(RECOVERY_LOCK)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(Some(out))
 }
 
