@@ -54,10 +54,13 @@ impl Journal {
     }
 
     fn stats_mut(&mut self, job: &str) -> Option<&mut JobStats> {
-        if !self.stats.contains_key(job) && self.stats.len() >= MAX_TRACKED_JOBS {
-            return None;
+        if !self.stats.contains_key(job) {
+            if self.stats.len() >= MAX_TRACKED_JOBS {
+                return None;
+            }
+            self.stats.insert(job.to_string(), JobStats::default());
         }
-        Some(self.stats.entry(job.to_string()).or_default())
+        self.stats.get_mut(job)
     }
 
     /// A poll of `job` starts.
@@ -78,7 +81,12 @@ impl Journal {
     pub fn poll_finished(&mut self, job: &str, outcome: &str) {
         if let Some(s) = self.stats.get_mut(job) {
             s.in_flight = s.in_flight.saturating_sub(1);
-            *s.outcomes.entry(outcome.to_string()).or_default() += 1;
+            match s.outcomes.get_mut(outcome) {
+                Some(n) => *n += 1,
+                None => {
+                    s.outcomes.insert(outcome.to_string(), 1);
+                }
+            }
         }
     }
 

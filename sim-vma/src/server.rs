@@ -2,6 +2,7 @@
 //! really holds connections for "blackhole" and really resets them for "reset"; everything
 //! else is decided per request from the seeded RNG and the per-job mode.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, Request, Response, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
 use chrono::Utc;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -485,7 +486,6 @@ async fn accept_loop(
     mut up: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
-    let router = vma_router(state.clone());
     let mut listener = Some(first);
     loop {
         if !*up.borrow_and_update() {
@@ -515,7 +515,7 @@ async fn accept_loop(
                 }
                 accepted = l.accept() => {
                     if let Ok((sock, _)) = accepted {
-                        tokio::spawn(serve_connection(state.clone(), router.clone(), sock));
+                        tokio::spawn(serve_connection(state.clone(), sock));
                     }
                 }
             }
@@ -525,7 +525,7 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream) {
+async fn serve_connection(state: Arc<SimState>, sock: TcpStream) {
     let kill = state.connection_token();
     let fault = {
         let mut inner = state.lock();
@@ -557,12 +557,12 @@ async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream)
     }
     let _ = sock.set_nodelay(true);
     let io = hyper_util::rt::TokioIo::new(sock);
-    let conn_kill = kill.clone();
-    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let router = router.clone();
+    // Shared by reference count: cloning a CancellationToken per request would take its lock.
+    let conn_kill = Arc::new(kill.clone());
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let kill = conn_kill.clone();
-        async move { Ok::<_, Infallible>(with_faults(state, router, kill, req.map(Body::new)).await) }
+        async move { Ok::<_, Infallible>(handle(&state, &kill, req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
     tokio::select! {
@@ -571,17 +571,9 @@ async fn serve_connection(state: Arc<SimState>, router: Router, sock: TcpStream)
     }
 }
 
-/// Apply the global faults to one request, then route it.
-async fn with_faults(
-    state: Arc<SimState>,
-    router: Router,
-    kill: CancellationToken,
-    req: Request<Body>,
-) -> Response<Body> {
-    use tower::ServiceExt;
+/// One VMA request: the global faults first, then the route.
+async fn handle(state: &SimState, kill: &CancellationToken, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let path = req.uri().path().to_string();
-    let method = req.method().to_string();
     // While a connection-level fault is probabilistic, close every connection after one answer so
     // each request is a new connection with its own draw.
     let (decision, close_after) = {
@@ -591,61 +583,135 @@ async fn with_faults(
         (decide_faults(&inner.faults, &mut inner.rng), close_after)
     };
     if decision.unreachable == Some(UnreachableMode::HangAfterHeaders) {
-        {
-            state.record(&method, &path, None, "fault_hang_after_headers", 200, started);
-            let stream =
-                futures::stream::once(async { Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{\"job_id\":")) })
-                    .chain(futures::stream::once(async move {
-                        kill.cancelled().await;
-                        Err(std::io::Error::other("connection dropped"))
-                    }));
-            return Response::builder()
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from_stream(stream))
-                .expect("static response");
-        }
+        state.record(req.method().as_str(), req.uri().path(), None, "fault_hang_after_headers", 200, started);
+        let stream = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"job_id\":")) })
+            .chain(futures::stream::once(
+                kill.clone().cancelled_owned().map(|()| Err(std::io::Error::other("connection dropped"))),
+            ));
+        return respond(StatusCode::OK, "application/json", Body::from_stream(stream));
     }
     if let Some(latency) = decision.latency {
         tokio::time::sleep(latency).await;
     }
     if let Some(status) = decision.error_status {
-        state.record(&method, &path, None, "fault_error_status", status, started);
+        state.record(req.method().as_str(), req.uri().path(), None, "fault_error_status", status, started);
         return text(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "internal server error\n",
         );
     }
-    let mut response = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+    let mut response = dispatch(state, req, started).await;
     if close_after {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
 
-use futures::StreamExt;
+/// The VMA's routes (gorilla mux in the real VMA). Path parameters are percent-decoded, as Go
+/// decodes `URL.Path` before matching.
+#[derive(Debug, PartialEq)]
+enum Route<'a> {
+    Health,
+    Progress(Cow<'a, str>),
+    Update(Cow<'a, str>),
+    Replicate,
+    Status(Cow<'a, str>),
+}
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+impl<'a> Route<'a> {
+    fn of(path: &'a str) -> Option<Route<'a>> {
+        let rest = path.strip_prefix("/api/v1/")?;
+        let param = |segment: &'a str| {
+            (!segment.is_empty() && !segment.contains('/')).then(|| percent_decode_str(segment).decode_utf8_lossy())
+        };
+        match rest {
+            "health" => Some(Route::Health),
+            "replicate" => Some(Route::Replicate),
+            _ => {
+                if let Some(tail) = rest.strip_prefix("progress/") {
+                    match tail.strip_suffix("/update") {
+                        Some(id) => param(id).map(Route::Update),
+                        None => param(tail).map(Route::Progress),
+                    }
+                } else {
+                    rest.strip_prefix("status/").and_then(param).map(Route::Status)
+                }
+            }
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Health | Route::Progress(_) | Route::Status(_) => Method::GET,
+            Route::Update(_) | Route::Replicate => Method::POST,
+        }
+    }
+}
+
+/// Request bodies above this are refused (the VMA's bodies are small JSON documents).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+async fn dispatch(state: &SimState, req: Request<Incoming>, started: Instant) -> Response<Body> {
+    let Some(route) = Route::of(req.uri().path()) else {
+        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    };
+    if req.method() != route.method() {
+        // gorilla's answer to a known path with another method: 405, empty body.
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", Body::empty());
+    }
+    match route {
+        Route::Health => health(state, started),
+        Route::Progress(id) => {
+            let id = id.into_owned();
+            progress(state, &id, req.uri().path(), started).await
+        }
+        Route::Status(id) => {
+            let id = id.into_owned();
+            status(state, &id, started)
+        }
+        Route::Update(id) => {
+            let (id, path) = (id.into_owned(), req.uri().path().to_owned());
+            match read_body(req).await {
+                Ok(body) => update(state, &id, &path, &body, started),
+                Err(r) => r,
+            }
+        }
+        Route::Replicate => match read_body(req).await {
+            Ok(body) => replicate(state, &body, started),
+            Err(r) => r,
+        },
+    }
+}
+
+/// The whole request body, at most [`MAX_BODY`] bytes.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("request body larger than {MAX_BODY} bytes\n")))
+        }
+        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}\n"))),
+    }
+}
+
+use futures::{FutureExt, StreamExt};
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response<Body> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A plain-text answer as Go's `http.Error` writes it.
+fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut r = respond(status, "text/plain; charset=utf-8", body);
     r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     r
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    let mut r = (status, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-fn vma_router(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/progress/{job_id}", get(progress))
-        .route("/api/v1/progress/{job_id}/update", post(update))
-        .route("/api/v1/replicate", post(replicate))
-        .route("/api/v1/status/{job_id}", get(status))
-        .fallback(|| async { text(StatusCode::NOT_FOUND, "404 page not found\n") })
-        .with_state(state)
+    respond(status, "application/json", body)
 }
 
 /// Go's `time.Duration` text (e.g. `1m2.5s`), as the real VMA prints `uptime`.
@@ -661,8 +727,7 @@ fn go_duration(d: Duration) -> String {
     }
 }
 
-async fn health(State(state): State<Arc<SimState>>) -> Response<Body> {
-    let started = Instant::now();
+fn health(state: &SimState, started: Instant) -> Response<Body> {
     let body = serde_json::json!({
         "status": "healthy",
         "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -672,13 +737,11 @@ async fn health(State(state): State<Arc<SimState>>) -> Response<Body> {
     json_response(StatusCode::OK, body.to_string())
 }
 
-async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) -> Response<Body> {
-    let started = Instant::now();
-    let path = format!("/api/v1/progress/{id}");
+async fn progress(state: &SimState, id: &str, path: &str, started: Instant) -> Response<Body> {
     let now = Utc::now();
     let answer = {
         let mut inner = state.lock();
-        match inner.resolve(&id) {
+        match inner.resolve(id) {
             None => None,
             Some(job_id) => {
                 let job = inner.jobs.get_mut(&job_id).expect("resolved");
@@ -689,7 +752,7 @@ async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) ->
         }
     };
     let Some((job_id, reply, delay)) = answer else {
-        state.record("GET", &path, None, "unknown_job", 404, started);
+        state.record("GET", path, None, "unknown_job", 404, started);
         return text(StatusCode::NOT_FOUND, "job not found\n");
     };
     if let Some(d) = delay {
@@ -711,7 +774,7 @@ async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) ->
     };
     let status = response.status().as_u16();
     // The poll's entry carries its start time: the suite measures poll cadence from it.
-    let entry = journal_entry("GET", &path, Some(&job_id), outcome, status, now, started);
+    let entry = journal_entry("GET", path, Some(&job_id), outcome, status, now, started);
     let mut inner = state.lock();
     inner.journal.poll_finished(&job_id, outcome);
     inner.journal.record(entry);
@@ -719,25 +782,21 @@ async fn progress(State(state): State<Arc<SimState>>, Path(id): Path<String>) ->
     response
 }
 
-async fn update(State(state): State<Arc<SimState>>, Path(id): Path<String>, body: axum::body::Bytes) -> Response<Body> {
-    let started = Instant::now();
-    let path = format!("/api/v1/progress/{id}/update");
-    let update: ProgressUpdate = match serde_json::from_slice(&body) {
+fn update(state: &SimState, id: &str, path: &str, body: &[u8], started: Instant) -> Response<Body> {
+    let update: ProgressUpdate = match serde_json::from_slice(body) {
         Ok(u) => u,
         Err(e) => {
-            state.record("POST", &path, None, "bad_request", 400, started);
-            let mut r = (StatusCode::BAD_REQUEST, format!("invalid request body: {e}\n")).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            return r;
+            state.record("POST", path, None, "bad_request", 400, started);
+            return text(StatusCode::BAD_REQUEST, format!("invalid request body: {e}\n"));
         }
     };
     let now = Utc::now();
     let (job_id, auto) = {
         let mut inner = state.lock();
-        let (job_id, auto) = match inner.resolve(&id) {
+        let (job_id, auto) = match inner.resolve(id) {
             Some(j) => (j, false),
             None => {
-                let mut job = Job::new(&id, vec![id.clone()], Mode::Running(Ramp::default()), vec![], now);
+                let mut job = Job::new(id, vec![id.to_string()], Mode::Running(Ramp::default()), vec![], now);
                 job.status = "Queued".into();
                 job.phase = "Discover".into();
                 job.sync_type = String::new();
@@ -745,13 +804,13 @@ async fn update(State(state): State<Arc<SimState>>, Path(id): Path<String>, body
                 job.bytes_transferred = 0;
                 job.throughput_bps = 0.0;
                 inner.insert_job(job);
-                (id.clone(), true)
+                (id.to_string(), true)
             }
         };
         inner.jobs.get_mut(&job_id).expect("present").apply_update(&update);
         (job_id, auto)
     };
-    state.record("POST", &path, Some(&job_id), if auto { "auto_initialized" } else { "updated" }, 200, started);
+    state.record("POST", path, Some(&job_id), if auto { "auto_initialized" } else { "updated" }, 200, started);
     let body = if auto {
         serde_json::json!({"status": "success", "auto_initialized": true, "job_id": id})
     } else {
@@ -774,15 +833,12 @@ struct NbdTarget {
     device_path: String,
 }
 
-async fn replicate(State(state): State<Arc<SimState>>, body: axum::body::Bytes) -> Response<Body> {
-    let started = Instant::now();
-    let request: ReplicationRequest = match serde_json::from_slice(&body) {
+fn replicate(state: &SimState, body: &[u8], started: Instant) -> Response<Body> {
+    let request: ReplicationRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
             state.record("POST", "/api/v1/replicate", None, "bad_request", 400, started);
-            let mut r = (StatusCode::BAD_REQUEST, format!("Invalid request: {e}\n")).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            return r;
+            return text(StatusCode::BAD_REQUEST, format!("Invalid request: {e}\n"));
         }
     };
     let names: Vec<String> = request
@@ -816,10 +872,9 @@ async fn replicate(State(state): State<Arc<SimState>>, body: axum::body::Bytes) 
     json_response(StatusCode::OK, body.to_string())
 }
 
-async fn status(State(state): State<Arc<SimState>>, Path(id): Path<String>) -> Response<Body> {
-    let started = Instant::now();
+fn status(state: &SimState, id: &str, started: Instant) -> Response<Body> {
     let inner = state.lock();
-    let found = inner.jobs.get(&id).filter(|j| j.vm_path.is_some()).map(|j| {
+    let found = inner.jobs.get(id).filter(|j| j.vm_path.is_some()).map(|j| {
         serde_json::json!({
             "job_id": j.job_id, "status": "running", "progress_percent": 0, "current_operation": "initializing",
             "start_time": j.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -830,14 +885,12 @@ async fn status(State(state): State<Arc<SimState>>, Path(id): Path<String>) -> R
     drop(inner);
     match found {
         Some(body) => {
-            state.record("GET", "/api/v1/status", Some(&id), "status", 200, started);
+            state.record("GET", "/api/v1/status", Some(id), "status", 200, started);
             json_response(StatusCode::OK, body.to_string())
         }
         None => {
             state.record("GET", "/api/v1/status", None, "unknown_job", 404, started);
-            let mut r = (StatusCode::NOT_FOUND, format!("Job not found: {id}\n")).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            r
+            text(StatusCode::NOT_FOUND, format!("Job not found: {id}\n"))
         }
     }
 }
@@ -872,6 +925,32 @@ mod tests {
         let decisions = run(42);
         let resets = decisions.iter().filter(|d| d.unreachable.is_some()).count();
         assert!((100..200).contains(&resets), "about 30% of 500: {resets}");
+    }
+
+    #[test]
+    fn routes_match_the_vma_paths_and_decode_their_parameters() {
+        assert_eq!(Route::of("/api/v1/health"), Some(Route::Health));
+        assert_eq!(Route::of("/api/v1/replicate"), Some(Route::Replicate));
+        assert_eq!(Route::of("/api/v1/progress/job-1"), Some(Route::Progress("job-1".into())));
+        assert_eq!(Route::of("/api/v1/progress/job-1/update"), Some(Route::Update("job-1".into())));
+        assert_eq!(Route::of("/api/v1/status/job-1"), Some(Route::Status("job-1".into())));
+        assert_eq!(Route::of("/api/v1/progress/a%20b"), Some(Route::Progress("a b".into())));
+        // An export name that ends in "update" is still a progress id.
+        assert_eq!(Route::of("/api/v1/progress/update"), Some(Route::Progress("update".into())));
+        for unknown in [
+            "/",
+            "/api/v1/progress/",
+            "/api/v1/progress//update",
+            "/api/v1/progress/a/b",
+            "/api/v1/progress/a/update/x",
+            "/api/v1/status/",
+            "/api/v1/healthz",
+            "/api/v2/health",
+        ] {
+            assert_eq!(Route::of(unknown), None, "{unknown}");
+        }
+        assert_eq!(Route::Progress("x".into()).method(), Method::GET);
+        assert_eq!(Route::Update("x".into()).method(), Method::POST);
     }
 
     #[test]

@@ -140,6 +140,20 @@ async fn unknown_job_is_a_plain_text_404() {
 }
 
 #[tokio::test]
+async fn wrong_methods_and_oversized_bodies_are_refused_like_the_vma() {
+    let (sim, _control, http) = sim(1).await;
+    let resp = http.post(format!("{}/api/v1/progress/job-1", sim.vma_url())).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.text().await.unwrap(), "");
+    let resp = http.get(format!("{}/api/v1/replicate", sim.vma_url())).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let huge = vec![b' '; 3 * 1024 * 1024];
+    let resp = http.post(format!("{}/api/v1/replicate", sim.vma_url())).body(huge).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(resp.text().await.unwrap().contains("larger than"));
+}
+
+#[tokio::test]
 async fn replicate_then_progress_by_job_id_and_by_export_name() {
     let (sim, _control, http) = sim(1).await;
     let resp = http
