@@ -13,16 +13,39 @@ fn job_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("job-bench-{i:06}")).collect()
 }
 
-/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
-pub fn proc_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields after the command: state(0) … utime(11) stime(12), in clock ticks (100 Hz on Linux).
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some((ticks / 100.0, hwm))
+/// CPU seconds and peak RSS of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcUsage {
+    pub user_s: f64,
+    pub system_s: f64,
+    pub peak_rss_kib: u64,
+}
+
+impl ProcUsage {
+    pub fn of(pid: u32) -> anyhow::Result<ProcUsage> {
+        let read = |what: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{what}")).with_context(|| format!("/proc/{pid}/{what}"))
+        };
+        let stat = read("stat")?;
+        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        // Fields after the command: state(0) … utime(11) stime(12), in clock ticks (100 Hz on Linux).
+        let ticks = |i: usize| {
+            fields.get(i).and_then(|f| f.parse::<f64>().ok()).with_context(|| format!("/proc/{pid}/stat field {i}"))
+        };
+        let status = read("status")?;
+        let peak_rss_kib = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("VmHWM in /proc/{pid}/status"))?;
+        Ok(ProcUsage { user_s: ticks(11)? / 100.0, system_s: ticks(12)? / 100.0, peak_rss_kib })
+    }
+
+    pub fn cpu_s(&self) -> f64 {
+        self.user_s + self.system_s
+    }
 }
 
 pub fn rss_kib() -> u64 {
@@ -181,7 +204,7 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
     // Let the first full round settle, then measure.
     tokio::time::sleep(interval).await;
     let pid = lab.oma().pid().context("oma pid")?;
-    let (cpu0, _) = proc_usage(pid).context("/proc")?;
+    let cpu0 = ProcUsage::of(pid)?.cpu_s();
     let polls0 = lab.sim().state.list_jobs().iter().map(|j| j.polls).sum::<u64>();
     let t0 = Instant::now();
     let mut worst = Duration::ZERO;
@@ -194,7 +217,8 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let wall = t0.elapsed();
-    let (cpu1, hwm) = proc_usage(pid).context("/proc")?;
+    let end = ProcUsage::of(pid)?;
+    let (cpu1, hwm) = (end.cpu_s(), end.peak_rss_kib);
     let polls1 = lab.sim().state.list_jobs().iter().map(|j| j.polls).sum::<u64>();
     lab.teardown().await;
     Ok(SteadyFigures {
@@ -206,150 +230,4 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
         peak_rss_mib: hwm as f64 / 1024.0,
         polls_per_second: (polls1 - polls0) as f64 / wall.as_secs_f64(),
     })
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct LoadFigures {
-    pub server: String,
-    pub requests: u64,
-    pub requests_per_second: f64,
-    pub p50: Duration,
-    pub p99: Duration,
-    pub rss_growth_mib: f64,
-    /// CPU seconds the server's process spent per 1,000 requests (separate-process client only).
-    pub server_cpu_ms_per_1k: Option<f64>,
-}
-
-/// Latency histogram: 10 µs buckets up to 200 ms (fixed size, so measuring costs no memory).
-const BUCKET_US: u64 = 10;
-const BUCKETS: usize = 20_000;
-
-/// `connections` clients each with one keep-alive connection, GETting `url` for `duration` after
-/// a one-second warm-up (RSS is read after the warm-up and at the end).
-pub async fn load(server: &str, url: String, connections: usize, duration: Duration) -> anyhow::Result<LoadFigures> {
-    let warmup = Duration::from_secs(1).min(duration);
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let deadline = measure_from + duration;
-    let tasks: Vec<_> = (0..connections)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().expect("client");
-                let mut histogram = vec![0u32; BUCKETS];
-                loop {
-                    let t = Instant::now();
-                    if t >= deadline {
-                        break;
-                    }
-                    let ok = match client.get(&url).send().await {
-                        Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if ok && t >= measure_from {
-                        let us = t.elapsed().as_micros() as u64;
-                        histogram[((us / BUCKET_US) as usize).min(BUCKETS - 1)] += 1;
-                    }
-                }
-                histogram
-            })
-        })
-        .collect();
-    tokio::time::sleep_until(measure_from.into()).await;
-    let rss0 = rss_kib();
-    let mut histogram = vec![0u64; BUCKETS];
-    for t in tasks {
-        for (total, n) in histogram.iter_mut().zip(t.await?) {
-            *total += n as u64;
-        }
-    }
-    let rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
-    let n: u64 = histogram.iter().sum();
-    if n == 0 {
-        bail!("{server}: no successful request");
-    }
-    let pick = |q: f64| {
-        let target = (n as f64 * q) as u64;
-        let mut seen = 0;
-        for (i, count) in histogram.iter().enumerate() {
-            seen += count;
-            if seen > target {
-                return Duration::from_micros(i as u64 * BUCKET_US + BUCKET_US / 2);
-            }
-        }
-        Duration::from_micros(BUCKETS as u64 * BUCKET_US)
-    };
-    Ok(LoadFigures {
-        server: server.to_string(),
-        server_cpu_ms_per_1k: None,
-        requests: n,
-        requests_per_second: n as f64 / duration.as_secs_f64(),
-        p50: pick(0.5),
-        p99: pick(0.99),
-        rss_growth_mib,
-    })
-}
-
-/// The same progress-poll load on sim-vma and on a wiremock `MockServer` answering the same JSON.
-/// With `separate_client`, the load comes from another process (`oma-bench --load-client`), so
-/// this process is only the server and its CPU per request is measured too.
-pub async fn sim_vs_wiremock(
-    connections: usize,
-    duration: Duration,
-    separate_client: bool,
-) -> anyhow::Result<Vec<LoadFigures>> {
-    let sim = sim_vma::SimVma::start(sim_vma::SimConfig::default()).await?;
-    let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
-    sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let body = reqwest::get(format!("{}/api/v1/progress/job-load", sim.vma_url())).await?.text().await?;
-    let run = |server: &'static str, url: String| async move {
-        if separate_client {
-            load_from_child(server, url, connections, duration).await
-        } else {
-            load(server, url, connections, duration).await
-        }
-    };
-    let sim_figures = run("sim-vma", format!("{}/api/v1/progress/job-load", sim.vma_url())).await?;
-    sim.shutdown().await;
-    let mock = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("GET"))
-        .and(wiremock::matchers::path("/api/v1/progress/job-load"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body, "application/json"))
-        .mount(&mock)
-        .await;
-    let mock_figures = run("wiremock", format!("{}/api/v1/progress/job-load", mock.uri())).await?;
-    Ok(vec![sim_figures, mock_figures])
-}
-
-/// Run the load generator as a child process (`<this exe> --load-client URL`), measuring this
-/// process's CPU and RSS while it serves.
-async fn load_from_child(
-    server: &str,
-    url: String,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<LoadFigures> {
-    let exe = std::env::current_exe()?;
-    let child = tokio::process::Command::new(exe)
-        .args([
-            "--load-client",
-            &url,
-            "--connections",
-            &connections.to_string(),
-            "--load-duration",
-            &format!("{}ms", duration.as_millis()),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let me = std::process::id();
-    let (cpu0, _) = proc_usage(me).context("/proc")?;
-    let rss0 = rss_kib();
-    let out = child.wait_with_output().await?;
-    let (cpu1, _) = proc_usage(me).context("/proc")?;
-    let mut figures: LoadFigures = serde_json::from_slice(&out.stdout).context("load client output")?;
-    figures.server = server.to_string();
-    figures.rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
-    figures.server_cpu_ms_per_1k = Some((cpu1 - cpu0) * 1000.0 / (figures.requests as f64 / 1000.0));
-    Ok(figures)
 }

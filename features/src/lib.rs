@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod lab;
+pub mod loadgen;
 pub mod mariadb;
 pub mod oma_process;
 pub mod play;

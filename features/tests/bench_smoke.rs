@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use oma_acceptance::bench;
+use oma_acceptance::loadgen::{self, Placement};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchmarks_run_at_a_smoke_size() {
@@ -14,7 +15,7 @@ async fn benchmarks_run_at_a_smoke_size() {
     assert!(resume.all_polled_after_ready > Duration::ZERO);
     let steady = bench::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
     assert!(steady.polls_per_second > 0.0, "{steady:?}");
-    let load = bench::sim_vs_wiremock(4, Duration::from_millis(500), false).await.unwrap();
-    assert_eq!(load.len(), 2);
-    assert!(load.iter().all(|f| f.requests > 0), "{load:?}");
+    let load = loadgen::sim_vs_wiremock(4, Duration::from_millis(500), Placement::SameProcess, 1).await.unwrap();
+    assert_eq!(load.len(), 3);
+    assert!(load.iter().all(|s| s.rounds.len() == 1 && s.median().requests > 0 && s.median().errors == 0), "{load:?}");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use oma_acceptance::bench;
+use oma_acceptance::loadgen::{self, Placement};
 
 #[derive(Parser)]
 #[command(
@@ -29,26 +30,42 @@ struct Cli {
     connections: usize,
     #[arg(long, default_value = "10s")]
     load_duration: humantime::Duration,
-    /// Run the load generator in the same process as the servers (default: a child process)
-    #[arg(long)]
-    same_process_client: bool,
+    /// sim-vma vs wiremock: the servers take turns this many times; the median round is reported
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where the load generator runs: pinned (servers on CPU 0, client process on CPU 1; the
+    /// default with two or more CPUs), separate (client process, no pinning) or same (one process)
+    #[arg(long, value_parser = ["pinned", "separate", "same"])]
+    placement: Option<String>,
     /// Internal: act as the load-generating child for URL and print its figures as JSON
     #[arg(long, hide = true)]
     load_client: Option<String>,
+    /// Internal: the CPUs the load-generating child pins itself to
+    #[arg(long, hide = true, value_delimiter = ',')]
+    client_cpus: Option<Vec<usize>>,
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(url) = cli.load_client {
-        let figures = bench::load("client", url, cli.connections, *cli.load_duration).await?;
+    if let Some(url) = &cli.load_client {
+        // Pin before the runtime exists, so its worker threads inherit the CPU.
+        if let Some(cpus) = &cli.client_cpus {
+            loadgen::pin_current_thread(cpus)?;
+        }
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+        let figures = runtime.block_on(loadgen::load("client", url, cli.connections, *cli.load_duration))?;
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let want = |m: &str| cli.only.iter().any(|o| o == m);
     println!(
         "machine: {} cores, {}",
@@ -89,27 +106,57 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     if want("load") {
-        let place = if cli.same_process_client { "client in the same process" } else { "client in a separate process" };
-        println!("\n### sim-vma vs wiremock ({} connections, {}; {place})\n", cli.connections, cli.load_duration);
+        let placement = match cli.placement.as_deref() {
+            Some("pinned") => Placement::Pinned,
+            Some("separate") => Placement::SeparateProcess,
+            Some("same") => Placement::SameProcess,
+            _ => Placement::best_available(),
+        };
         println!(
-            "| server | requests/s | p50 | p99 | server CPU per 1k requests | server RSS growth |\n|---|---:|---:|---:|---:|---:|"
+            "\n### sim-vma vs wiremock ({} connections, {}; {})\n",
+            cli.connections,
+            cli.load_duration,
+            placement.describe()
         );
-        let figures = bench::sim_vs_wiremock(cli.connections, *cli.load_duration, !cli.same_process_client).await?;
-        for f in &figures {
+        println!(
+            "| server | requests/s | errors | p50 | p99 | server CPU per 1k requests (user + kernel) | server RSS growth |\n|---|---:|---:|---:|---:|---:|---:|"
+        );
+        let series = loadgen::sim_vs_wiremock(cli.connections, *cli.load_duration, placement, cli.rounds).await?;
+        for f in series.iter().map(loadgen::LoadSeries::median) {
+            let cpu =
+                f.server_cpu_per_1k.map(|c| format!("{:.1} ms ({:.1} + {:.1})", c.total_ms(), c.user_ms, c.system_ms));
             println!(
-                "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.1} MiB |",
+                "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} MiB |",
                 f.server,
                 f.requests_per_second,
+                f.errors,
                 f.p50.as_secs_f64() * 1000.0,
                 f.p99.as_secs_f64() * 1000.0,
-                f.server_cpu_ms_per_1k.map(|c| format!("{c:.1} ms")).unwrap_or_else(|| "-".into()),
+                cpu.unwrap_or_else(|| "-".into()),
                 f.rss_growth_mib
             );
         }
-        if let [sim, mock] = figures.as_slice() {
-            println!("\nsim-vma / wiremock throughput: {:.1}x", sim.requests_per_second / mock.requests_per_second);
-            if let (Some(a), Some(b)) = (sim.server_cpu_ms_per_1k, mock.server_cpu_ms_per_1k) {
-                println!("wiremock / sim-vma server CPU per request: {:.1}x", b / a);
+        println!("\nMedian of {} rounds; requests/s of each round:", cli.rounds.max(1));
+        for s in &series {
+            let rates: Vec<String> = s.rounds.iter().map(|r| format!("{:.0}", r.requests_per_second)).collect();
+            println!("- {}: {}", s.server, rates.join(", "));
+        }
+        if let [sim, mock, floor] = series.as_slice() {
+            let (sim, mock, floor) = (sim.median(), mock.median(), floor.median());
+            let rate =
+                |a: &loadgen::LoadFigures, b: &loadgen::LoadFigures| a.requests_per_second / b.requests_per_second;
+            println!("\nsim-vma / wiremock throughput: {:.2}x", rate(sim, mock));
+            println!(
+                "hyper floor / wiremock throughput: {:.2}x (the most a hyper server reaches here); sim-vma reaches {:.0} % of the floor",
+                rate(floor, mock),
+                100.0 * rate(sim, floor)
+            );
+            if let (Some(a), Some(b)) = (sim.server_cpu_per_1k, mock.server_cpu_per_1k) {
+                println!(
+                    "wiremock / sim-vma server CPU per request: {:.2}x in all, {:.2}x in user space",
+                    b.total_ms() / a.total_ms(),
+                    b.user_ms / a.user_ms
+                );
             }
         }
     }

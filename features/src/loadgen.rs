@@ -1,0 +1,547 @@
+//! sim-vma against wiremock (issue 5, measurement 4): the same progress-poll load on both servers,
+//! side by side in one run.
+//!
+//! The load generator works like `wrk`: each connection is one keep-alive HTTP/1.1 socket that
+//! writes a pre-built GET, reads the whole response (head parsed by `httparse`, body by its
+//! `Content-Length`), checks the status and sends the next request. No pipelining: one request in
+//! flight per connection, as the OMA polls. By default the servers run on CPU 0 and the generator,
+//! a child process, on CPU 1, so each server is measured on one core of its own (wiremock serves
+//! on a single thread anyway); `Placement` lists the other arrangements.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::bench::{rss_kib, ProcUsage};
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadFigures {
+    pub server: String,
+    /// Successful (HTTP 200, complete body) requests in the measured window.
+    pub requests: u64,
+    /// Answers other than 200 in the measured window (the run fails on a broken connection).
+    pub errors: u64,
+    pub requests_per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub rss_growth_mib: f64,
+    /// CPU the server's process spent per 1,000 requests (client in a child process only).
+    pub server_cpu_per_1k: Option<CpuPer1k>,
+}
+
+/// Milliseconds of CPU per 1,000 requests, split into the server's own code and the kernel.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct CpuPer1k {
+    pub user_ms: f64,
+    pub system_ms: f64,
+}
+
+impl CpuPer1k {
+    pub fn total_ms(&self) -> f64 {
+        self.user_ms + self.system_ms
+    }
+}
+
+/// Where the servers and the load generator run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// The servers on the first half of the CPUs, the generator (a child process) on the rest:
+    /// each side has cores of its own. Needs two CPUs.
+    Pinned,
+    /// Generator in a child process, everything free to use every CPU.
+    SeparateProcess,
+    /// Generator in the servers' process (the smoke test uses this).
+    SameProcess,
+}
+
+impl Placement {
+    /// Pinned where the machine has two CPUs to give, else a separate process.
+    pub fn best_available() -> Placement {
+        if allowed_cpus().len() >= 2 {
+            Placement::Pinned
+        } else {
+            Placement::SeparateProcess
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Placement::Pinned => {
+                let (servers, client) = split_cpus();
+                format!("servers on CPUs {servers:?}, client process on CPUs {client:?}")
+            }
+            Placement::SeparateProcess => "client in a separate process, no pinning".into(),
+            Placement::SameProcess => "client in the servers' process".into(),
+        }
+    }
+}
+
+/// The CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Err(_) => vec![0],
+    }
+}
+
+/// Servers get the first half of the allowed CPUs (at least one), the client the rest.
+fn split_cpus() -> (Vec<usize>, Vec<usize>) {
+    let cpus = allowed_cpus();
+    let servers = (cpus.len() / 2).max(1).min(cpus.len());
+    (cpus[..servers].to_vec(), cpus[servers..].to_vec())
+}
+
+/// Restrict the calling thread (and the threads it creates afterwards) to these CPUs.
+pub fn pin_current_thread(cpus: &[usize]) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pin to CPUs {cpus:?}"))?;
+    Ok(())
+}
+
+/// Latency histogram: 10 µs buckets up to 200 ms (fixed size, so measuring costs no memory).
+const BUCKET_US: u64 = 10;
+const BUCKETS: usize = 20_000;
+/// Responses larger than this are an error (the progress JSON is well under 1 KiB).
+const MAX_RESPONSE: usize = 64 * 1024;
+
+/// `connections` keep-alive connections GETting `url` for `duration` after a one-second warm-up.
+pub async fn load(server: &str, url: &str, connections: usize, duration: Duration) -> anyhow::Result<LoadFigures> {
+    let (addr, request) = prepare_request(url)?;
+    let warmup = Duration::from_secs(1).min(duration);
+    let measure_from = Instant::now() + warmup;
+    let deadline = measure_from + duration;
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let request = request.clone();
+        tasks.push(tokio::spawn(drive_connection(addr, request, measure_from, deadline)));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let rss0 = rss_kib();
+    let mut histogram = vec![0u64; BUCKETS];
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?.with_context(|| format!("{server} at {addr}"))?;
+        for (total, n) in histogram.iter_mut().zip(h) {
+            *total += n as u64;
+        }
+        errors += e;
+    }
+    let rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
+    let n: u64 = histogram.iter().sum();
+    if n == 0 {
+        bail!("{server}: no successful request ({errors} errors)");
+    }
+    let pick = |q: f64| {
+        let target = (n as f64 * q) as u64;
+        let mut seen = 0;
+        for (i, count) in histogram.iter().enumerate() {
+            seen += count;
+            if seen > target {
+                return Duration::from_micros(i as u64 * BUCKET_US + BUCKET_US / 2);
+            }
+        }
+        Duration::from_micros(BUCKETS as u64 * BUCKET_US)
+    };
+    Ok(LoadFigures {
+        server: server.to_string(),
+        requests: n,
+        errors,
+        requests_per_second: n as f64 / duration.as_secs_f64(),
+        p50: pick(0.5),
+        p99: pick(0.99),
+        rss_growth_mib,
+        server_cpu_per_1k: None,
+    })
+}
+
+/// The socket address and the request bytes for an `http://host:port/path` URL.
+fn prepare_request(url: &str) -> anyhow::Result<(SocketAddr, Arc<[u8]>)> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("load URL {url:?}"))?;
+    if parsed.scheme() != "http" {
+        bail!("load URL {url:?}: only http:// is supported");
+    }
+    let addr = parsed
+        .socket_addrs(|| Some(80))
+        .with_context(|| format!("load URL {url:?}"))?
+        .into_iter()
+        .next()
+        .with_context(|| format!("load URL {url:?} resolves to no address"))?;
+    let host = parsed.host_str().unwrap_or("localhost");
+    let path = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_string(),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{}\r\nAccept: application/json\r\n\r\n", addr.port());
+    Ok((addr, request.into_bytes().into()))
+}
+
+/// One connection's loop: its latency histogram and the number of non-200 answers.
+async fn drive_connection(
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+    measure_from: Instant,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<u32>, u64)> {
+    let mut sock = TcpStream::connect(addr).await.context("connect")?;
+    sock.set_nodelay(true)?;
+    let mut buf = vec![0u8; MAX_RESPONSE];
+    let mut histogram = vec![0u32; BUCKETS];
+    let mut errors = 0;
+    loop {
+        let t = Instant::now();
+        if t >= deadline {
+            break;
+        }
+        sock.write_all(&request).await.context("send request")?;
+        let status = read_response(&mut sock, &mut buf).await?;
+        if t < measure_from {
+            continue;
+        }
+        if status == 200 {
+            let us = t.elapsed().as_micros() as u64;
+            histogram[((us / BUCKET_US) as usize).min(BUCKETS - 1)] += 1;
+        } else {
+            errors += 1;
+        }
+    }
+    Ok((histogram, errors))
+}
+
+/// Read exactly one response (head and `Content-Length` body); its status code.
+async fn read_response(sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<u16> {
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            bail!("response larger than {MAX_RESPONSE} bytes");
+        }
+        let n = sock.read(&mut buf[filled..]).await.context("read response")?;
+        if n == 0 {
+            bail!("server closed the connection mid-response ({filled} bytes read)");
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; 24];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(&buf[..filled]).context("malformed response head")? {
+            httparse::Status::Complete(head) => head,
+            httparse::Status::Partial => continue,
+        };
+        let mut length = None;
+        for h in response.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+            } else if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") {
+                bail!("server asked to close the connection");
+            }
+        }
+        let length = length.context("response without a valid Content-Length")?;
+        let total = head + length;
+        if filled > total {
+            bail!("{} bytes after the response: the server answered more than was asked", filled - total);
+        }
+        if filled == total {
+            return Ok(response.code.unwrap_or(0));
+        }
+    }
+}
+
+/// A thread that owns the servers' runtime, optionally pinned; the runtime's workers and the
+/// threads it creates (wiremock's server thread) inherit the pinning.
+struct ServerThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    fn start(cpus: Option<Vec<usize>>, workers: usize) -> anyhow::Result<ServerThread> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("bench-servers".into()).spawn(move || {
+            let runtime = (|| {
+                if let Some(cpus) = &cpus {
+                    pin_current_thread(cpus)?;
+                }
+                let runtime = if workers > 1 {
+                    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
+                } else {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build()?
+                };
+                anyhow::Ok(runtime)
+            })();
+            match runtime {
+                Ok(rt) => {
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    let _ = rt.block_on(stop_rx);
+                }
+                Err(e) => {
+                    let _ = handle_tx.send(Err(e));
+                }
+            }
+        })?;
+        let handle = handle_rx.recv().context("server thread")??;
+        Ok(ServerThread { handle, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Run `fut` on the servers' runtime (or here, without a server thread).
+    async fn run<F>(this: &Option<ServerThread>, fut: F) -> anyhow::Result<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Ok(match this {
+            Some(s) => s.handle.spawn(fut).await?,
+            None => fut.await,
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The calibration server: hyper answering a constant body, with no routing, state or journal.
+/// What any hyper-based server can reach on this machine and loopback; sim-vma's distance to it is
+/// the cost of being a simulator.
+async fn constant_server(body: Bytes) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let _ = sock.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let mut response = hyper::Response::new(Full::new(body.clone()));
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let io = hyper_util::rt::TokioIo::new(sock);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// One server's rounds.
+#[derive(Debug, Clone)]
+pub struct LoadSeries {
+    pub server: &'static str,
+    pub rounds: Vec<LoadFigures>,
+}
+
+impl LoadSeries {
+    /// The round with the median throughput (the lower middle one for an even count).
+    pub fn median(&self) -> &LoadFigures {
+        let mut by_rate: Vec<&LoadFigures> = self.rounds.iter().collect();
+        by_rate.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+        by_rate[(by_rate.len() - 1) / 2]
+    }
+}
+
+/// The same progress-poll load on sim-vma, on a wiremock `MockServer` answering the same JSON and
+/// on the constant hyper server (calibration). The servers take turns, `rounds` times, so a drift
+/// of the machine's speed (shared virtual CPUs drift by tens of percent) touches all three alike.
+/// sim-vma runs once for all rounds; each wiremock round gets a fresh `MockServer`.
+pub async fn sim_vs_wiremock(
+    connections: usize,
+    duration: Duration,
+    placement: Placement,
+    rounds: usize,
+) -> anyhow::Result<Vec<LoadSeries>> {
+    let (server_cpus, client_cpus) = split_cpus();
+    let all_cpus = allowed_cpus().len();
+    let servers = match placement {
+        Placement::Pinned => Some(ServerThread::start(Some(server_cpus.clone()), server_cpus.len())?),
+        Placement::SeparateProcess => Some(ServerThread::start(None, all_cpus)?),
+        Placement::SameProcess => None,
+    };
+    let client_cpus = (placement == Placement::Pinned).then_some(client_cpus);
+    let run = |server: &'static str, url: String| {
+        let client_cpus = client_cpus.clone();
+        async move {
+            match placement {
+                Placement::SameProcess => load(server, &url, connections, duration).await,
+                _ => load_from_child(server, &url, connections, duration, client_cpus).await,
+            }
+        }
+    };
+
+    let sim = ServerThread::run(&servers, async {
+        let sim = sim_vma::SimVma::start(sim_vma::SimConfig::default()).await?;
+        let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
+        sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::Ok(sim)
+    })
+    .await??;
+    let sim_url = format!("{}/api/v1/progress/job-load", sim.vma_url());
+    let body = reqwest::get(&sim_url).await?.error_for_status()?.text().await?;
+    let (floor_addr, floor) = ServerThread::run(&servers, constant_server(Bytes::from(body.clone()))).await??;
+    let floor_url = format!("http://{floor_addr}/api/v1/progress/job-load");
+
+    let mut series = [
+        LoadSeries { server: "sim-vma", rounds: vec![] },
+        LoadSeries { server: "wiremock", rounds: vec![] },
+        LoadSeries { server: "hyper floor (constant body)", rounds: vec![] },
+    ];
+    for _ in 0..rounds.max(1) {
+        series[0].rounds.push(run(series[0].server, sim_url.clone()).await?);
+
+        let mock = ServerThread::run(&servers, wiremock::MockServer::start()).await?;
+        wiremock::Mock::given(wiremock::matchers::method("GET"))
+            .and(wiremock::matchers::path("/api/v1/progress/job-load"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body.clone(), "application/json"))
+            .mount(&mock)
+            .await;
+        series[1].rounds.push(run(series[1].server, format!("{}/api/v1/progress/job-load", mock.uri())).await?);
+        drop(mock);
+
+        series[2].rounds.push(run(series[2].server, floor_url.clone()).await?);
+    }
+    ServerThread::run(&servers, sim.shutdown()).await?;
+    floor.abort();
+    drop(servers);
+    Ok(series.into())
+}
+
+/// Run the load generator as a child process (`<this exe> --load-client URL`), measuring this
+/// process's CPU and RSS while it serves.
+async fn load_from_child(
+    server: &str,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    cpus: Option<Vec<usize>>,
+) -> anyhow::Result<LoadFigures> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "--load-client",
+        url,
+        "--connections",
+        &connections.to_string(),
+        "--load-duration",
+        &format!("{}ms", duration.as_millis()),
+    ]);
+    if let Some(cpus) = cpus {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        cmd.args(["--client-cpus", &list.join(",")]);
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    // The child measures after its own one-second warm-up; sample this process over the same window.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let me = std::process::id();
+    let cpu0 = ProcUsage::of(me)?;
+    let rss0 = rss_kib();
+    let out = child.wait_with_output().await?;
+    let cpu1 = ProcUsage::of(me)?;
+    if !out.status.success() {
+        bail!("load client for {server} failed ({})", out.status);
+    }
+    let mut figures: LoadFigures = serde_json::from_slice(&out.stdout).context("load client output")?;
+    figures.server = server.to_string();
+    figures.rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
+    let per_1k = |seconds: f64| seconds * 1000.0 / (figures.requests as f64 / 1000.0);
+    figures.server_cpu_per_1k =
+        Some(CpuPer1k { user_ms: per_1k(cpu1.user_s - cpu0.user_s), system_ms: per_1k(cpu1.system_s - cpu0.system_s) });
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-connection server that answers each request with `pieces`, written one by one.
+    async fn answering(pieces: Vec<&'static [u8]>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            while sock.read(&mut buf).await.unwrap_or(0) > 0 {
+                for piece in &pieces {
+                    sock.write_all(piece).await.unwrap();
+                    sock.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn one_response(pieces: Vec<&'static [u8]>) -> anyhow::Result<u16> {
+        let addr = answering(pieces).await;
+        let (_, request) = prepare_request(&format!("http://{addr}/api/v1/progress/x")).unwrap();
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        sock.write_all(&request).await.unwrap();
+        read_response(&mut sock, &mut vec![0u8; MAX_RESPONSE]).await
+    }
+
+    #[tokio::test]
+    async fn responses_split_across_reads_are_read_whole() {
+        let status = one_response(vec![b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nab", b"cde"]).await.unwrap();
+        assert_eq!(status, 200);
+        let status = one_response(vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"]).await.unwrap();
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors_that_say_why() {
+        let err = one_response(vec![b"HTTP/1.1 200 OK\r\n\r\nabc"]).await.unwrap_err();
+        assert!(err.to_string().contains("Content-Length"), "{err:#}");
+        let err = one_response(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\na"])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("close"), "{err:#}");
+        let err = one_response(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nab"]).await.unwrap_err();
+        assert!(err.to_string().contains("more than was asked"), "{err:#}");
+        let err = one_response(vec![b"garbage\r\n\r\n"]).await.unwrap_err();
+        assert!(format!("{err:#}").contains("malformed"), "{err:#}");
+    }
+
+    #[test]
+    fn only_plain_http_urls_are_accepted() {
+        assert!(prepare_request("https://127.0.0.1:1/x").is_err());
+        assert!(prepare_request("not a url").is_err());
+        let (addr, request) = prepare_request("http://127.0.0.1:8081/api/v1/progress/j?x=1").unwrap();
+        assert_eq!(addr.port(), 8081);
+        assert!(request.starts_with(b"GET /api/v1/progress/j?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n"));
+    }
+
+    #[test]
+    fn the_median_round_is_the_middle_throughput() {
+        let round = |rps: f64| LoadFigures {
+            server: "s".into(),
+            requests: 1,
+            errors: 0,
+            requests_per_second: rps,
+            p50: Duration::ZERO,
+            p99: Duration::ZERO,
+            rss_growth_mib: 0.0,
+            server_cpu_per_1k: None,
+        };
+        let series = LoadSeries { server: "s", rounds: vec![round(3.0), round(1.0), round(2.0)] };
+        assert_eq!(series.median().requests_per_second, 2.0);
+    }
+}
