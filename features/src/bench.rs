@@ -117,6 +117,9 @@ pub async fn recovery(n: usize) -> anyhow::Result<RecoveryFigures> {
     lab.start_oma_with(config).await?;
     lab.oma().wait_for_log("Job recovery completed successfully", Duration::from_secs(120)).await?;
     let start_to_summary = started.elapsed();
+    if let Some(phases) = lab.oma().log.lines().into_iter().find(|l| l.contains("⏱️ Reconciled")) {
+        eprintln!("[bench] {n} jobs: {}", phases.trim());
+    }
     let health: serde_json::Value = lab.http.get(format!("{}/health", lab.oma().url())).send().await?.json().await?;
     let scan = Duration::from_millis(health["recovery"]["last_run"]["duration_ms"].as_u64().unwrap_or(0));
     let unfinished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replication_jobs WHERE status = 'replicating'")

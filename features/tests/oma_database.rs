@@ -306,3 +306,61 @@ async fn recovery_locks_of_different_databases_do_not_block_each_other() {
     a.teardown().await;
     b.teardown().await;
 }
+
+#[tokio::test]
+async fn many_finalizations_in_parallel_chunks_keep_shared_contexts_right() {
+    // 900 jobs on three shared VM contexts: five chunks, finalized two at a time, each chunk
+    // touching every context. Counters and current_job_id must come out as if done one by one.
+    let lab = Lab::new("finalize-many").await.unwrap();
+    let ids: Vec<String> = (0..900).map(|i| format!("job-fin-{i:05}")).collect();
+    oma_acceptance::lab::seed_jobs_bulk(lab.pool(), &ids, 50.0, 1.0).await.unwrap();
+    sqlx::query(
+        "UPDATE replication_jobs SET vm_context_id = CONCAT('ctx-job-fin-0000', CAST(SUBSTRING_INDEX(id, '-', -1) AS UNSIGNED) % 3)",
+    )
+    .execute(lab.pool())
+    .await
+    .unwrap();
+    let items: Vec<(String, oma::db::Finalization)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let fin = if i % 3 == 2 {
+                oma::db::Finalization::failed(
+                    oma::domain::JobStatus::Failed,
+                    oma::domain::FailureClass::JobLost,
+                    "lost".into(),
+                    None,
+                    None,
+                )
+            } else {
+                oma::db::Finalization::completed(None, None)
+            };
+            (id.clone(), fin)
+        })
+        .collect();
+    let results = oma::db::finalize_jobs(lab.pool(), &items).await.unwrap();
+    assert_eq!(results.len(), 900);
+    assert!(results.iter().all(|r| matches!(r, oma::db::Finalized::Done { .. })));
+    let contexts: Vec<(String, i32, i32, Option<String>)> = sqlx::query_as(
+        "SELECT context_id, successful_jobs, failed_jobs, current_job_id FROM vm_replication_contexts \
+         WHERE context_id IN ('ctx-job-fin-00000', 'ctx-job-fin-00001', 'ctx-job-fin-00002') ORDER BY context_id",
+    )
+    .fetch_all(lab.pool())
+    .await
+    .unwrap();
+    // Job i is on context i % 3 and failed when i % 3 == 2.
+    assert_eq!(
+        contexts,
+        vec![
+            ("ctx-job-fin-00000".to_string(), 300, 0, None),
+            ("ctx-job-fin-00001".to_string(), 300, 0, None),
+            ("ctx-job-fin-00002".to_string(), 0, 300, None),
+        ]
+    );
+    let unfinished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM replication_jobs WHERE status = 'replicating'")
+        .fetch_one(lab.pool())
+        .await
+        .unwrap();
+    assert_eq!(unfinished, 0);
+    lab.teardown().await;
+}

@@ -1,6 +1,8 @@
 //! One idempotent per-job reconcile: ask the VMA, decide (pure), apply. Called by the startup
 //! recovery, the health monitor, the manual trigger and the CLI; the poller shares the final half.
 
+use std::time::Instant;
+
 use futures::StreamExt;
 use serde::Serialize;
 use tracing::{info, warn};
@@ -122,20 +124,35 @@ pub async fn reconcile_many(
     caller: Caller,
     dry_run: bool,
 ) -> Vec<JobReport> {
+    let started = Instant::now();
     let observed: Vec<Observed> = futures::stream::iter(jobs)
         .map(|job| async move { observe(shared, job).await })
         .buffer_unordered(shared.settings.recovery_concurrency.max(1))
         .collect()
         .await;
+    let asked = started.elapsed();
     let mut outcomes: Vec<Outcome> = vec![Outcome::Planned; observed.len()];
     if !dry_run {
         let (finals, keeps): (Vec<usize>, Vec<usize>) =
             (0..observed.len()).partition(|i| observed[*i].decision.is_final());
-        for (i, outcome) in apply_keeps(shared, poller, &observed, &keeps, caller).await {
+        // Disjoint jobs: the two kinds of writes run side by side on their own connections.
+        let ((kept, keep_time), (ended, final_time)) = tokio::join!(
+            timed(apply_keeps(shared, poller, &observed, &keeps, caller)),
+            timed(apply_finals(shared, poller, &observed, &finals, caller)),
+        );
+        for (i, outcome) in kept.into_iter().chain(ended) {
             outcomes[i] = outcome;
         }
-        for (i, outcome) in apply_finals(shared, poller, &observed, &finals, caller).await {
-            outcomes[i] = outcome;
+        if observed.len() > 1 {
+            info!(
+                "⏱️ Reconciled {} jobs: asked the VMA in {} ms, then applied {} keeps in {} ms alongside {} finals in {} ms",
+                observed.len(),
+                asked.as_millis(),
+                keeps.len(),
+                keep_time.as_millis(),
+                finals.len(),
+                final_time.as_millis()
+            );
         }
     }
     observed
@@ -202,6 +219,13 @@ async fn observe(shared: &Shared, job: UnfinishedJob) -> Observed {
         stagnant
     );
     Observed { job, observation, via: lookup.via, decision }
+}
+
+/// A future's output and how long it took.
+async fn timed<F: std::future::Future>(phase: F) -> (F::Output, std::time::Duration) {
+    let t = Instant::now();
+    let done = phase.await;
+    (done, t.elapsed())
 }
 
 /// Jobs that go on: claim polling (with a poller), write progress and recovery metadata.

@@ -445,24 +445,41 @@ const FINALIZE_CHUNK: usize = 200;
 /// longer unfinished is reported `AlreadyFinal` and left untouched. Results are in input order.
 pub async fn finalize_jobs(pool: &MySqlPool, items: &[(String, Finalization)]) -> Result<Vec<Finalized>, sqlx::Error> {
     debug_assert!(items.iter().all(|(_, f)| f.status.is_terminal()));
+    // Two chunks at a time (MariaDB runs each transaction on its own thread), results in order.
+    // They cannot deadlock on the contexts (each locks its contexts first, in context order) and a
+    // deadlock elsewhere is retried.
     let mut out = Vec::with_capacity(items.len());
-    for chunk in items.chunks(FINALIZE_CHUNK) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match try_finalize_chunk(pool, chunk).await {
-                Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
-                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-                }
-                Ok(results) => {
-                    out.extend(results);
-                    break;
-                }
-                Err(e) => return Err(e),
+    let mut chunks = items.chunks(FINALIZE_CHUNK);
+    while let Some(first) = chunks.next() {
+        let second = chunks.next();
+        let (a, b) = tokio::join!(finalize_chunk_retrying(pool, first), async {
+            match second {
+                Some(chunk) => Some(finalize_chunk_retrying(pool, chunk).await),
+                None => None,
             }
+        });
+        out.extend(a?);
+        if let Some(b) = b {
+            out.extend(b?);
         }
     }
     Ok(out)
+}
+
+async fn finalize_chunk_retrying(
+    pool: &MySqlPool,
+    chunk: &[(String, Finalization)],
+) -> Result<Vec<Finalized>, sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_finalize_chunk(pool, chunk).await {
+            Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
+                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn is_retryable(code: Option<&str>) -> bool {
