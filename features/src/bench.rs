@@ -117,7 +117,7 @@ pub async fn recovery(n: usize) -> anyhow::Result<RecoveryFigures> {
     lab.start_oma_with(config).await?;
     lab.oma().wait_for_log("Job recovery completed successfully", Duration::from_secs(120)).await?;
     let start_to_summary = started.elapsed();
-    if let Some(phases) = lab.oma().log.lines().into_iter().find(|l| l.contains("⏱️ Reconciled")) {
+    if let (Some(phases), _) = lab.oma().log.find_from(0, "⏱️ Reconciled") {
         eprintln!("[bench] {n} jobs: {}", phases.trim());
     }
     let health: serde_json::Value = lab.http.get(format!("{}/health", lab.oma().url())).send().await?.json().await?;
@@ -204,8 +204,9 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
     lab.start_oma_with(bench_config(&lab, interval)).await?;
     wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
         .await?;
-    // Let the first full round settle, then measure.
-    tokio::time::sleep(interval).await;
+    // Measure from the second full round on: the first follows the start-up burst.
+    let round = oma::db::db_now(lab.pool()).await?;
+    wait_all_polled_since(&lab, n, round, Duration::from_secs(120)).await?;
     let pid = lab.oma().pid().context("oma pid")?;
     let cpu0 = ProcUsage::of(pid)?.cpu_s();
     let polls0 = lab.sim().state.list_jobs().iter().map(|j| j.polls).sum::<u64>();

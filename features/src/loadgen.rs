@@ -50,14 +50,16 @@ impl CpuPer1k {
 }
 
 /// Where the servers and the load generator run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Placement {
     /// The servers on the first half of the CPUs, the generator (a child process) on the rest:
     /// each side has cores of its own. Needs two CPUs.
     Pinned,
     /// Generator in a child process, everything free to use every CPU.
+    #[value(name = "separate")]
     SeparateProcess,
     /// Generator in the servers' process (the smoke test uses this).
+    #[value(name = "same")]
     SameProcess,
 }
 
@@ -372,6 +374,9 @@ pub async fn sim_vs_wiremock(
 ) -> anyhow::Result<Vec<LoadSeries>> {
     let (server_cpus, client_cpus) = split_cpus();
     let all_cpus = allowed_cpus().len();
+    if placement == Placement::Pinned && client_cpus.is_empty() {
+        bail!("pinned placement needs two CPUs and this process may use {all_cpus}; use separate or same");
+    }
     let servers = match placement {
         Placement::Pinned => Some(ServerThread::start(Some(server_cpus.clone()), server_cpus.len())?),
         Placement::SeparateProcess => Some(ServerThread::start(None, all_cpus)?),

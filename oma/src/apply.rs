@@ -344,28 +344,21 @@ async fn apply_finals(
     finals: &[usize],
     caller: Caller,
 ) -> Vec<(usize, Outcome)> {
-    let planned: Vec<(usize, Finalization, Outcome)> = finals
-        .iter()
-        .map(|&i| {
-            let o = &observed[i];
-            let (fin, outcome) =
-                plan_final(shared, &o.job.id, o.job.progress_percent, &o.observation, &o.decision, caller);
-            (i, fin, outcome)
-        })
-        .collect();
-    let items: Vec<(String, Finalization)> =
-        planned.iter().map(|(i, fin, _)| (observed[*i].job.id.clone(), fin.clone())).collect();
+    let mut items: Vec<(String, Finalization)> = Vec::with_capacity(finals.len());
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(finals.len());
+    for &i in finals {
+        let o = &observed[i];
+        let (fin, outcome) = plan_final(shared, &o.job.id, o.job.progress_percent, &o.observation, &o.decision, caller);
+        items.push((o.job.id.clone(), fin));
+        outcomes.push(outcome);
+    }
     let results = db::finalize_jobs(&shared.pool, &items).await;
-    planned
-        .into_iter()
-        .enumerate()
-        .map(|(k, (i, fin, outcome))| {
-            let job_id = &observed[i].job.id;
-            let result = match &results {
-                Ok(r) => Ok(r[k].clone()),
-                Err(e) => Err(e.to_string()),
-            };
-            (i, report_final(shared, poller, job_id, &fin, outcome, result))
+    finals
+        .iter()
+        .zip(items.iter().zip(outcomes))
+        .zip(results)
+        .map(|((&i, ((job_id, fin), outcome)), result)| {
+            (i, report_final(shared, poller, job_id, fin, outcome, result.map_err(|e| e.to_string())))
         })
         .collect()
 }

@@ -2,6 +2,7 @@
 //! changes are conditional (`… AND status IN (active)`); sqlx counts matched rows on MySQL.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -214,10 +215,7 @@ pub async fn export_names_for<'a>(
         let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
             "SELECT vd.job_id, ov.volume_id FROM vm_disks vd JOIN ossea_volumes ov ON vd.ossea_volume_id = ov.id WHERE vd.job_id IN (",
         );
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(*id);
-        }
+        push_id_list(&mut qb, chunk.iter().copied());
         qb.push(") ORDER BY vd.job_id, vd.unit_number ASC, vd.id ASC");
         for row in qb.build().fetch_all(pool).await? {
             let job_id: String = row.try_get(0)?;
@@ -432,7 +430,7 @@ pub enum Finalized {
 /// Finalize a job exactly once, in one transaction with the recomputation of its VM context, so
 /// the VM accepts a new replication at once.
 pub async fn finalize_job(pool: &MySqlPool, job_id: &str, fin: &Finalization) -> Result<Finalized, sqlx::Error> {
-    let mut results = finalize_jobs(pool, &[(job_id.to_string(), fin.clone())]).await?;
+    let mut results = finalize_chunk_retrying(pool, &[(job_id.to_string(), fin.clone())]).await?;
     Ok(results.pop().unwrap_or(Finalized::AlreadyFinal))
 }
 
@@ -442,13 +440,24 @@ const FINALIZE_CHUNK: usize = 200;
 /// Finalize many jobs: per chunk one transaction that locks the contexts (in key order, so
 /// concurrent batches cannot deadlock) and the still-unfinished jobs, updates the jobs in one
 /// multi-row statement, releases their polling and recomputes their contexts. A job that is no
-/// longer unfinished is reported `AlreadyFinal` and left untouched. Results are in input order.
-pub async fn finalize_jobs(pool: &MySqlPool, items: &[(String, Finalization)]) -> Result<Vec<Finalized>, sqlx::Error> {
+/// longer unfinished is reported `AlreadyFinal` and left untouched. One result per item, in input
+/// order: a failed chunk fails its own jobs only (the others' transactions committed).
+pub async fn finalize_jobs(
+    pool: &MySqlPool,
+    items: &[(String, Finalization)],
+) -> Vec<Result<Finalized, Arc<sqlx::Error>>> {
     debug_assert!(items.iter().all(|(_, f)| f.status.is_terminal()));
-    // Two chunks at a time (MariaDB runs each transaction on its own thread), results in order.
-    // They cannot deadlock on the contexts (each locks its contexts first, in context order) and a
-    // deadlock elsewhere is retried.
+    // Two chunks at a time (MariaDB runs each transaction on its own thread). They cannot deadlock
+    // on the contexts (each locks its contexts first, in context order); a deadlock elsewhere is
+    // retried.
     let mut out = Vec::with_capacity(items.len());
+    let mut put = |chunk: &[(String, Finalization)], result: Result<Vec<Finalized>, sqlx::Error>| match result {
+        Ok(done) => out.extend(done.into_iter().map(Ok)),
+        Err(e) => {
+            let e = Arc::new(e);
+            out.extend(chunk.iter().map(|_| Err(e.clone())));
+        }
+    };
     let mut chunks = items.chunks(FINALIZE_CHUNK);
     while let Some(first) = chunks.next() {
         let second = chunks.next();
@@ -458,12 +467,12 @@ pub async fn finalize_jobs(pool: &MySqlPool, items: &[(String, Finalization)]) -
                 None => None,
             }
         });
-        out.extend(a?);
-        if let Some(b) = b {
-            out.extend(b?);
+        put(first, a);
+        if let (Some(chunk), Some(b)) = (second, b) {
+            put(chunk, b);
         }
     }
-    Ok(out)
+    out
 }
 
 async fn finalize_chunk_retrying(
@@ -602,19 +611,21 @@ async fn recompute_contexts(
         qb.push_bind(ctx.as_str()).push(" AS ctx, ");
         qb.push_bind(summary.as_str()).push(" AS summary");
     }
+    let jobs = "FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) \
+                WHERE j.vm_context_id = c.context_id";
     qb.push(format!(
         ") v ON c.context_id = v.ctx SET \
          c.current_status = CASE \
-            WHEN EXISTS (SELECT 1 FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ({active})) THEN 'replicating' \
+            WHEN EXISTS (SELECT 1 {jobs} AND j.status IN ({active})) THEN 'replicating' \
             WHEN c.current_status IN ('failed_over_test','failed_over_live','cleanup_required','completed') THEN c.current_status \
-            WHEN EXISTS (SELECT 1 FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed') THEN 'ready_for_failover' \
+            WHEN EXISTS (SELECT 1 {jobs} AND j.status = 'completed') THEN 'ready_for_failover' \
             ELSE 'failed' END, \
-         c.current_job_id = (SELECT j.id FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
-         c.total_jobs_run = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id), \
-         c.successful_jobs = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
-         c.failed_jobs = (SELECT COUNT(*) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status IN ('failed','replication_failed')), \
-         c.last_successful_job_id = (SELECT j.id FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
-         c.last_replication_at = (SELECT MAX(j.completed_at) FROM replication_jobs j FORCE INDEX (idx_replication_jobs_context_status) WHERE j.vm_context_id = c.context_id AND j.status = 'completed'), \
+         c.current_job_id = (SELECT j.id {jobs} AND j.status IN ({active}) ORDER BY j.created_at DESC, j.id DESC LIMIT 1), \
+         c.total_jobs_run = (SELECT COUNT(*) {jobs}), \
+         c.successful_jobs = (SELECT COUNT(*) {jobs} AND j.status = 'completed'), \
+         c.failed_jobs = (SELECT COUNT(*) {jobs} AND j.status IN ('failed','replication_failed')), \
+         c.last_successful_job_id = (SELECT j.id {jobs} AND j.status = 'completed' ORDER BY j.completed_at DESC, j.created_at DESC LIMIT 1), \
+         c.last_replication_at = (SELECT MAX(j.completed_at) {jobs} AND j.status = 'completed'), \
          c.last_operation_summary = v.summary, \
          c.last_status_change = NOW(3), c.updated_at = NOW(3)"
     ));

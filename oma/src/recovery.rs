@@ -166,11 +166,10 @@ pub async fn scan(
     dry_run: bool,
 ) -> Result<ScanReport, sqlx::Error> {
     let jobs = db::load_unfinished(&shared.pool, None).await?;
-    let (todo, skipped): (Vec<_>, Vec<_>) = jobs
+    let (mut todo, skipped): (Vec<_>, Vec<_>) = jobs
         .into_iter()
         .partition(|j| !(j.owned_elsewhere(&shared.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id))));
     let skipped_being_polled: Vec<String> = skipped.into_iter().map(|j| j.id).collect();
-    let mut todo = todo;
     db::attach_export_names(&shared.pool, &mut todo).await?;
     if todo.is_empty() {
         info!("✅ No active jobs found - system is clean");

@@ -661,14 +661,8 @@ async fn dispatch(state: &SimState, req: Request<Incoming>, started: Instant) ->
     }
     match route {
         Route::Health => health(state, started),
-        Route::Progress(id) => {
-            let id = id.into_owned();
-            progress(state, &id, req.uri().path(), started).await
-        }
-        Route::Status(id) => {
-            let id = id.into_owned();
-            status(state, &id, started)
-        }
+        Route::Progress(id) => progress(state, &id, req.uri().path(), started).await,
+        Route::Status(id) => status(state, &id, started),
         Route::Update(id) => {
             let (id, path) = (id.into_owned(), req.uri().path().to_owned());
             match read_body(req).await {

@@ -33,10 +33,11 @@ struct Cli {
     /// sim-vma vs wiremock: the servers take turns this many times; the median round is reported
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Where the load generator runs: pinned (servers on CPU 0, client process on CPU 1; the
-    /// default with two or more CPUs), separate (client process, no pinning) or same (one process)
-    #[arg(long, value_parser = ["pinned", "separate", "same"])]
-    placement: Option<String>,
+    /// Where the load generator runs: pinned (servers and client process on CPUs of their own;
+    /// the default with two or more CPUs), separate (client process, no pinning) or same (one
+    /// process)
+    #[arg(long, value_enum)]
+    placement: Option<Placement>,
     /// Internal: act as the load-generating child for URL and print its figures as JSON
     #[arg(long, hide = true)]
     load_client: Option<String>,
@@ -106,12 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if want("load") {
-        let placement = match cli.placement.as_deref() {
-            Some("pinned") => Placement::Pinned,
-            Some("separate") => Placement::SeparateProcess,
-            Some("same") => Placement::SameProcess,
-            _ => Placement::best_available(),
-        };
+        let placement = cli.placement.unwrap_or_else(Placement::best_available);
         println!(
             "\n### sim-vma vs wiremock ({} connections, {}; {})\n",
             cli.connections,
