@@ -57,6 +57,17 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the job is polled by exactly one poller
     And the job is polled every interval
 
+  Scenario: A stalled database never delays polling
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When another database session holds the job's polling state locked
+    Then the OMA waits on that lock
+    And the job is polled every interval
+    When the other database session releases the lock
+    Then the job's progress is written again within 5 seconds
+    And the job stays "replicating"
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

@@ -36,6 +36,8 @@ pub struct OmaWorld {
     pub response: Option<(u16, serde_json::Value)>,
     pub command: Option<(i32, String)>,
     pub vm_counter: usize,
+    /// A transaction of the harness holding row locks the OMA needs (a database stall).
+    pub held_lock: Option<sqlx::Transaction<'static, sqlx::MySql>>,
 }
 
 impl fmt::Debug for OmaWorld {
@@ -58,6 +60,7 @@ impl OmaWorld {
             response: None,
             command: None,
             vm_counter: 0,
+            held_lock: None,
         }
     }
 
@@ -149,6 +152,10 @@ async fn run() -> bool {
         .after(|_feature, _rule, scenario, finished, world| {
             Box::pin(async move {
                 let Some(world) = world else { return };
+                // Before anything else queries: a held lock would stall the teardown.
+                if let Some(tx) = world.held_lock.take() {
+                    let _ = tx.rollback().await;
+                }
                 let failed = matches!(
                     finished,
                     cucumber::event::ScenarioFinished::StepFailed(..)

@@ -345,26 +345,41 @@ impl Poller {
         Ok(())
     }
 
+    /// `maintain` once per interval until cancelled (a renewal in progress is abandoned).
+    async fn maintain_every(self, interval: Duration, cancel: CancellationToken) {
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                result = async {
+                    every.tick().await;
+                    self.maintain().await
+                } => {
+                    if let Err(e) = result {
+                        warn!("⚠️ VMA poller could not renew its leases: {e}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Poll until cancelled, then let in-flight polls finish and flush their writes.
     pub async fn run(self, cancel: CancellationToken) {
         let interval = self.inner.shared.settings.poll_interval;
         let rx = self.inner.writes_rx.lock().expect("poller lock").take();
         let writer = rx.map(|rx| tokio::spawn(write_loop(self.inner.shared.clone(), rx)));
         info!("🚀 VMA progress poller started successfully (interval {})", humantime::format_duration(interval));
-        // Dispatch ten times per interval (each job keeps its own phase); maintain once per interval.
+        // Leases are renewed once per interval in a task of their own: dispatch never waits on the
+        // database, so a stalled database delays writes, not polls.
+        let maintenance = tokio::spawn(self.clone().maintain_every(interval, cancel.clone()));
+        // Dispatch ten times per interval (each job keeps its own phase).
         let mut ticker = tokio::time::interval(tick_period(interval));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_maintained: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = ticker.tick() => {
-                    if last_maintained.is_none_or(|t| t.elapsed() >= interval) {
-                        last_maintained = Some(Instant::now());
-                        if let Err(e) = self.maintain().await {
-                            warn!("⚠️ VMA poller could not renew its leases: {e}");
-                        }
-                    }
                     self.tick();
                 }
                 _ = self.inner.wake.notified() => {
@@ -373,6 +388,7 @@ impl Poller {
                 }
             }
         }
+        let _ = maintenance.await;
         self.inner.tasks.close();
         if tokio::time::timeout(
             self.inner.shared.settings.vma_timeout + Duration::from_secs(1),

@@ -508,3 +508,41 @@ async fn try_new_replication(world: &mut OmaWorld) {
     }
     world.response = Some((status, body));
 }
+
+#[when(regex = r"^another database session holds the job's polling state locked$")]
+async fn hold_polling_state_lock(world: &mut OmaWorld) {
+    let id = world.job();
+    let mut tx = world.lab().pool().begin().await.expect("begin");
+    let locked: Option<String> = sqlx::query_scalar("SELECT job_id FROM vma_polling_state WHERE job_id = ? FOR UPDATE")
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await
+        .expect("lock the polling state");
+    assert!(locked.is_some(), "no polling state row for {id} to lock");
+    world.held_lock = Some(tx);
+}
+
+#[when(regex = r"^the other database session releases the lock$")]
+async fn release_polling_state_lock(world: &mut OmaWorld) {
+    let tx = world.held_lock.take().expect("a step took the lock first");
+    tx.commit().await.expect("release the lock");
+}
+
+/// An OMA statement on the polling state has been held up for over half a second (a statement on
+/// a table of a few rows takes milliseconds: it is waiting for the lock).
+#[then(regex = r"^the OMA waits on that lock$")]
+async fn oma_waits_on_lock(world: &mut OmaWorld) {
+    world
+        .lab()
+        .wait_until("an OMA statement waiting on the lock", WAIT, || async {
+            let waiting: Vec<String> = sqlx::query_scalar(
+                "SELECT INFO FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID() \
+                 AND COMMAND IN ('Query', 'Execute') AND TIME_MS > 500 AND INFO LIKE '%vma_polling_state%'",
+            )
+            .fetch_all(world.lab().pool())
+            .await?;
+            Ok(if waiting.is_empty() { Err("no statement held up".to_string()) } else { Ok(waiting) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}

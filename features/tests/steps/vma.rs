@@ -201,16 +201,16 @@ async fn polled_every_interval(world: &mut OmaWorld) {
     check_cadence(&recent, interval);
 }
 
-/// Polls of one job are never closer than half an interval (one poller, no burst), the typical
-/// gap is one interval (median within 0.8-1.3), and no gap is a stall (over 4 intervals).
+/// Polls of one job are never closer than half an interval (one poller, no burst) nor further
+/// apart than 1.6 intervals (no stall: dispatch never waits on the database), and the typical gap
+/// is one interval (median within 0.8-1.3).
 fn check_cadence(polls: &[chrono::DateTime<chrono::Utc>], interval_ms: f64) {
     let mut gaps: Vec<f64> =
         polls.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
     assert!(
-        gaps.iter().all(|g| *g >= interval_ms * 0.5),
-        "polls closer than half an interval ({interval_ms} ms): {gaps:?}"
+        gaps.iter().all(|g| (interval_ms * 0.5..=interval_ms * 1.6).contains(g)),
+        "a gap outside 0.5-1.6 intervals ({interval_ms} ms): {gaps:?}"
     );
-    assert!(gaps.iter().all(|g| *g <= interval_ms * 4.0), "a gap over 4 intervals ({interval_ms} ms): {gaps:?}");
     gaps.sort_by(f64::total_cmp);
     let median = gaps[gaps.len() / 2];
     assert!(
