@@ -115,20 +115,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             placement.describe()
         );
         println!(
-            "| server | requests/s | errors | p50 | p99 | server CPU per 1k requests (user + kernel) | server RSS growth |\n|---|---:|---:|---:|---:|---:|---:|"
+            "| server | requests/s | errors | p50 | p99 | server CPU per 1k requests (user + kernel) | server cores busy | server RSS growth |\n|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         let series = loadgen::sim_vs_wiremock(cli.connections, *cli.load_duration, placement, cli.rounds).await?;
         for f in series.iter().map(loadgen::LoadSeries::median) {
             let cpu =
                 f.server_cpu_per_1k.map(|c| format!("{:.1} ms ({:.1} + {:.1})", c.total_ms(), c.user_ms, c.system_ms));
+            // CPU seconds per second of load: wiremock's MockServer serves on one thread of its
+            // own, so it stays at or under 1.0 whatever the machine has.
+            let cores = f.server_cpu_per_1k.map(|c| format!("{:.2}", c.total_ms() * f.requests_per_second / 1e6));
             println!(
-                "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {:.1} MiB |",
+                "| {} | {:.0} | {} | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB |",
                 f.server,
                 f.requests_per_second,
                 f.errors,
                 f.p50.as_secs_f64() * 1000.0,
                 f.p99.as_secs_f64() * 1000.0,
                 cpu.unwrap_or_else(|| "-".into()),
+                cores.unwrap_or_else(|| "-".into()),
                 f.rss_growth_mib
             );
         }
