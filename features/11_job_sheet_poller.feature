@@ -68,6 +68,16 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job's progress is written again within 5 seconds
     And the job stays "replicating"
 
+  Scenario: A stalled database does not hold up shutdown
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When another database session holds the job's polling state locked
+    Then the OMA waits on that lock
+    And the OMA API exits cleanly on SIGTERM within 6 seconds
+    And the logs show "VMA poller could not flush its last progress writes"
+    And the logs show "could not hand over polling leases: the database did not answer"
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

@@ -113,8 +113,12 @@ impl HealthMonitor {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = ticker.tick() => {
-                    if let Err(e) = self.tick().await {
+                // Inside the select, so a check stuck on the database does not hold up shutdown.
+                result = async {
+                    ticker.tick().await;
+                    self.tick().await
+                } => {
+                    if let Err(e) = result {
                         warn!("❌ Health monitor: Failed to query stale jobs: {e}");
                     }
                 }

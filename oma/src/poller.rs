@@ -24,6 +24,10 @@ use crate::vma_client::{LookupKey, Observation};
 /// Flush batched writes at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
+/// At shutdown, how long each last database write may take before it is given up: a stalled
+/// database must not hold up the exit (what is not written is polled again after the restart).
+pub const SHUTDOWN_DB_WAIT: Duration = Duration::from_secs(2);
+
 struct Tracked {
     facts: JobFacts,
     export_names: Vec<String>,
@@ -400,8 +404,14 @@ impl Poller {
             warn!("VMA poller stopped with polls still in flight");
         }
         let _ = self.inner.writes.send(WriteMsg::Close);
-        if let Some(writer) = writer {
-            let _ = writer.await;
+        if let Some(mut writer) = writer {
+            if tokio::time::timeout(SHUTDOWN_DB_WAIT, &mut writer).await.is_err() {
+                writer.abort();
+                warn!(
+                    "⚠️ VMA poller could not flush its last progress writes: the database did not answer within {}",
+                    humantime::format_duration(SHUTDOWN_DB_WAIT)
+                );
+            }
         }
         info!("VMA progress poller stopped");
     }

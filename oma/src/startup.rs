@@ -15,7 +15,7 @@ use crate::api::{router, AppState};
 use crate::config::{redact_url, Settings};
 use crate::db;
 use crate::health_monitor::HealthMonitor;
-use crate::poller::Poller;
+use crate::poller::{Poller, SHUTDOWN_DB_WAIT};
 use crate::recovery::{new_tracker, startup_recovery, RecoveryTracker};
 use crate::shared::Shared;
 
@@ -128,16 +128,29 @@ impl Application {
             warn!("Shutdown timed out waiting for tasks");
         }
         // Leave the polling claims for the next start but let any other OMA take them at once.
-        if let Err(e) = sqlx::query(
+        let handover = sqlx::query(
             "UPDATE vma_polling_state SET lease_expires_at = NOW(3) WHERE owner_instance = ? AND is_active = 1",
         )
         .bind(&self.shared.instance_id)
-        .execute(&self.shared.pool)
-        .await
-        {
-            warn!("could not hand over polling leases: {e}");
+        .execute(&self.shared.pool);
+        let answered = match tokio::time::timeout(SHUTDOWN_DB_WAIT, handover).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                warn!("could not hand over polling leases: {e}");
+                true
+            }
+            Err(_) => {
+                warn!(
+                    "could not hand over polling leases: the database did not answer within {} (they expire on their own)",
+                    humantime::format_duration(SHUTDOWN_DB_WAIT)
+                );
+                false
+            }
+        };
+        // Closing waits for busy connections; with a stalled database the process exit closes them.
+        if answered && tokio::time::timeout(SHUTDOWN_DB_WAIT, self.shared.pool.close()).await.is_err() {
+            warn!("database connections still busy at exit - closed with the process");
         }
-        self.shared.pool.close().await;
         info!("OMA API server stopped");
         Ok(())
     }

@@ -102,6 +102,15 @@ async fn starts_without_errors(world: &mut OmaWorld) {
     assert!(errors.is_empty(), "error lines in the log: {errors:#?}");
 }
 
+#[then(regex = r"^the OMA API exits cleanly on SIGTERM within (\d+) seconds$")]
+async fn exits_cleanly_within(world: &mut OmaWorld, secs: u64) {
+    let started = std::time::Instant::now();
+    let code = world.lab_mut().oma_mut().stop().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "oma-api must exit cleanly on SIGTERM");
+    assert!(took <= Duration::from_secs(secs), "oma-api took {took:?} to exit after SIGTERM (at most {secs} s)");
+}
+
 #[then(regex = r"^the OMA API exits cleanly on SIGTERM$")]
 async fn exits_cleanly(world: &mut OmaWorld) {
     oma_stopped(world).await;
