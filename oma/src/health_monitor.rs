@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::RwLock;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -13,7 +12,7 @@ use crate::apply::{reconcile_many, Caller, Outcome};
 use crate::db;
 use crate::poller::Poller;
 use crate::reconcile::minutes_since;
-use crate::shared::Shared;
+use crate::shared::{every, Shared};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HealthTick {
@@ -105,25 +104,16 @@ impl HealthMonitor {
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        let every = self.shared.settings.health_interval;
+        let period = self.shared.settings.health_interval;
         info!("🏥 Starting VMA polling health monitor for continuous job monitoring");
-        info!("✅ Health monitor started - will check for orphaned jobs every {}", humantime::format_duration(every));
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                // Inside the select, so a check stuck on the database does not hold up shutdown.
-                result = async {
-                    ticker.tick().await;
-                    self.tick().await
-                } => {
-                    if let Err(e) = result {
-                        warn!("❌ Health monitor: Failed to query stale jobs: {e}");
-                    }
-                }
+        info!("✅ Health monitor started - will check for orphaned jobs every {}", humantime::format_duration(period));
+        let first = tokio::time::Instant::now() + period;
+        every(first, period, &cancel, || async {
+            if let Err(e) = self.tick().await {
+                warn!("❌ Health monitor: Failed to query stale jobs: {e}");
             }
-        }
+        })
+        .await;
         info!("🏥 Health monitor stopped");
     }
 }

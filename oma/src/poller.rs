@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::apply::{finalize, Caller};
 use crate::db::{self, PollStat, ProgressWrite, UnfinishedJob};
 use crate::reconcile::{decide, Decision, JobFacts, KeepReason};
-use crate::shared::Shared;
+use crate::shared::{every, Shared};
 use crate::vma_client::{LookupKey, Observation};
 
 /// Flush batched writes at least this often.
@@ -349,25 +349,6 @@ impl Poller {
         Ok(())
     }
 
-    /// `maintain` once per interval until cancelled (a renewal in progress is abandoned).
-    async fn maintain_every(self, interval: Duration, cancel: CancellationToken) {
-        let mut every = tokio::time::interval(interval);
-        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                result = async {
-                    every.tick().await;
-                    self.maintain().await
-                } => {
-                    if let Err(e) = result {
-                        warn!("⚠️ VMA poller could not renew its leases: {e}");
-                    }
-                }
-            }
-        }
-    }
-
     /// Poll until cancelled, then let in-flight polls finish and flush their writes.
     pub async fn run(self, cancel: CancellationToken) {
         let interval = self.inner.shared.settings.poll_interval;
@@ -376,7 +357,17 @@ impl Poller {
         info!("🚀 VMA progress poller started successfully (interval {})", humantime::format_duration(interval));
         // Leases are renewed once per interval in a task of their own: dispatch never waits on the
         // database, so a stalled database delays writes, not polls.
-        let maintenance = tokio::spawn(self.clone().maintain_every(interval, cancel.clone()));
+        let maintenance = {
+            let (poller, cancel) = (self.clone(), cancel.clone());
+            tokio::spawn(async move {
+                every(Instant::now(), interval, &cancel, || async {
+                    if let Err(e) = poller.maintain().await {
+                        warn!("⚠️ VMA poller could not renew its leases: {e}");
+                    }
+                })
+                .await
+            })
+        };
         // Dispatch ten times per interval (each job keeps its own phase).
         let mut ticker = tokio::time::interval(tick_period(interval));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

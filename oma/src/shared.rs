@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -54,5 +55,30 @@ impl Clock {
         let local_mid = before + (after - before) / 2;
         self.offset_ms.store((db - local_mid).num_milliseconds(), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Run `work` every `period`, the first time at `first`, until `cancel`; work in progress when
+/// `cancel` fires is abandoned, so a check stuck on the database never holds up shutdown.
+/// Missed periods are not made up.
+pub async fn every<F, Fut>(
+    first: tokio::time::Instant,
+    period: std::time::Duration,
+    cancel: &CancellationToken,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval_at(first, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = async {
+                ticker.tick().await;
+                work().await
+            } => {}
+        }
     }
 }
