@@ -78,6 +78,15 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the logs show "VMA poller could not flush its last progress writes"
     And the logs show "could not hand over polling leases: the database did not answer"
 
+  Scenario: Polling survives the database dropping the OMA's connections
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the database drops every connection of the OMA
+    Then the job's progress is written again within 5 seconds
+    And the job is polled every interval
+    And the API responds to a health check
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

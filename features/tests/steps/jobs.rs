@@ -546,3 +546,27 @@ async fn oma_waits_on_lock(world: &mut OmaWorld) {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
+
+/// Every other connection to the scenario's database is killed (the OMA's among them), as a
+/// database failover or `wait_timeout` would.
+#[when(regex = r"^the database drops every connection of the OMA$")]
+async fn drop_oma_connections(world: &mut OmaWorld) {
+    let mut conn = world.lab().pool().acquire().await.expect("connection");
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .expect("processlist");
+    // The harness's own other connections are among them; the OMA's must be too.
+    let harness_others = world.lab().pool().size() as usize - 1;
+    assert!(
+        ids.len() > harness_others,
+        "no OMA connection to drop: {} connections, {harness_others} the harness's",
+        ids.len()
+    );
+    for id in ids {
+        // A connection may end on its own meanwhile.
+        let _ = sqlx::query(&format!("KILL CONNECTION {id}")).execute(&mut *conn).await;
+    }
+}
