@@ -47,6 +47,21 @@ Feature: Plan - manual recovery CLI, VMA restart and a dying copy process
     And the command's JSON field "orphaned_jobs" is 1
     And the command's JSON field "unfinished_jobs" is 1
 
+  Scenario Outline: job-recovery refuses a mistyped VMA address and changes nothing
+    Given a replicating job at 40% last updated 45 minutes ago
+    When I run "job-recovery recover --vma-api-url <address>"
+    Then the command exits with 2
+    And the command output contains "VMA_API_URL"
+    And the command output contains "<address>"
+    And the job stays "replicating"
+
+    Examples:
+      | address               |
+      | localhost:9081        |
+      | http://               |
+      | http://vma:99999      |
+      | ftp://vma:9081        |
+
   Scenario: job-recovery rejects an unknown action with exit code 2
     When I run "job-recovery -action=explode"
     Then the command exits with 2

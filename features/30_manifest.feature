@@ -49,6 +49,18 @@ Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, opera
     Then the job is "failed" with classification "job_lost"
     And the VM's operation summary says the replication "failed"
 
+  Scenario Outline: oma-api refuses a mistyped VMA address at start
+    When I run "oma-api --vma-api-url <address>"
+    Then the command exits with 2
+    And the command output contains "invalid VMA_API_URL (--vma-api-url)"
+    And the command output contains "<address>"
+
+    Examples:
+      | address          |
+      | localhost:9081   |
+      | http://          |
+      | http://vma:99999 |
+
   Scenario: Migrations are idempotent
     When I run "oma-api migrate"
     Then the command exits with 0

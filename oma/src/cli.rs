@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::apply::Caller;
-use crate::config::{parse_database_url, Settings};
+use crate::config::{parse_database_url, parse_vma_url, ConfigError, Settings};
 use crate::db;
 use crate::reconcile::minutes_since;
 use crate::recovery::{scan, with_recovery_lock};
@@ -110,17 +110,20 @@ pub async fn main(args: Vec<String>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("job-recovery: {e:#}");
-            1
+            if e.is::<ConfigError>() {
+                2
+            } else {
+                1
+            }
         }
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let url = match parse_database_url(cli.database_url.as_deref()) {
-        Ok(u) => u,
-        Err(e) => anyhow::bail!("{e}"),
-    };
-    let mut settings = Settings::with_defaults(&url, &cli.vma_api_url);
+    // Checked before anything is read or written; a ConfigError exits with 2 (usage).
+    let url = parse_database_url(cli.database_url.as_deref())?;
+    let vma = parse_vma_url(&cli.vma_api_url)?;
+    let mut settings = Settings::with_defaults(&url, &vma);
     settings.recovery_max_age = cli.max_age.max(Duration::from_millis(1));
     let pool = db::connect(&url, 8).await.map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
     let shared = Arc::new(Shared::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));

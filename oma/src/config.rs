@@ -204,18 +204,33 @@ pub fn parse_database_url(value: Option<&str>) -> Result<String, ConfigError> {
     Ok(url.replacen("mariadb://", "mysql://", 1))
 }
 
+/// Check the VMA's base URL: http or https, a host, a valid port. A mistyped address must stop the
+/// process, not make every job look unreachable (and old ones then failed).
+pub fn parse_vma_url(value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    let err = |reason: String| ConfigError {
+        variable: "VMA_API_URL",
+        flag: "vma-api-url",
+        value: trimmed.to_string(),
+        reason,
+    };
+    let url = reqwest::Url::parse(trimmed).map_err(|e| err(format!("{e} (use e.g. http://localhost:9081)")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(err("must be an http:// or https:// URL".into()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(err("has no host (use e.g. http://localhost:9081)".into()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(err("must be a base URL, without ?query or #fragment".into()));
+    }
+    Ok(trimmed.trim_end_matches('/').to_string())
+}
+
 impl ServeArgs {
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let database_url = parse_database_url(self.database_url.as_deref())?;
-        let vma = self.vma_api_url.trim().to_string();
-        if !(vma.starts_with("http://") || vma.starts_with("https://")) || vma.len() <= "http://".len() {
-            return Err(ConfigError {
-                variable: "VMA_API_URL",
-                flag: "vma-api-url",
-                value: vma,
-                reason: "must be an http:// or https:// URL".into(),
-            });
-        }
+        let vma = parse_vma_url(&self.vma_api_url)?;
         let listen: SocketAddr = self.listen.trim().parse().map_err(|e| ConfigError {
             variable: "OMA_LISTEN",
             flag: "listen",
@@ -318,8 +333,13 @@ mod tests {
         assert!(e.contains("OMA_LISTEN"), "{e}");
         let e = parse(&["--log-format", "xml"]).unwrap_err().to_string();
         assert!(e.contains("OMA_LOG_FORMAT"), "{e}");
-        let e = parse(&["--vma-api-url", "localhost:9081"]).unwrap_err().to_string();
-        assert!(e.contains("VMA_API_URL"), "{e}");
+        for bad in ["localhost:9081", "http://", "http://vma:99999", "ftp://vma:9081", "http://vma:9081/?x=1", "vma"] {
+            let e = parse(&["--vma-api-url", bad]).unwrap_err().to_string();
+            assert!(e.contains("VMA_API_URL") && e.contains(bad), "{bad}: {e}");
+        }
+        for good in ["http://vma:9081", "https://10.0.0.5:9081/", "http://localhost:9081/vma"] {
+            assert!(parse(&["--vma-api-url", good]).is_ok(), "{good}");
+        }
     }
 
     #[test]

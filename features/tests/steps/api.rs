@@ -97,14 +97,21 @@ async fn run_cli(world: &mut OmaWorld, args: String) {
 #[when(regex = r#"^I run "oma-api ([^"]*)"$"#)]
 async fn run_oma_api(world: &mut OmaWorld, args: String) {
     let bin = oma_acceptance::oma_process::oma_api_binary().await.expect("oma-api");
-    let out = tokio::process::Command::new(bin)
+    let run = tokio::process::Command::new(bin)
         .args(args.split_whitespace())
         .env("OMA_DATABASE_URL", &world.lab().db().url)
-        .output()
-        .await
-        .expect("oma-api runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    world.command = Some((out.status.code().unwrap_or(-1), text));
+        .env("OMA_LISTEN", "127.0.0.1:0")
+        .kill_on_drop(true)
+        .output();
+    // A command that should exit at once but serves instead is killed (dropped) after 10 s.
+    world.command = Some(match tokio::time::timeout(std::time::Duration::from_secs(10), run).await {
+        Ok(out) => {
+            let out = out.expect("oma-api runs");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.code().unwrap_or(-1), text)
+        }
+        Err(_) => (-1, "oma-api did not exit within 10 s (it was killed)".to_string()),
+    });
 }
 
 #[then(regex = r"^the command exits with (\d+)$")]
