@@ -104,7 +104,7 @@ async fn the_testing_guides_sql_runs_unchanged() {
 }
 
 async fn start_in_process(lab: &Lab) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut settings = Settings::with_defaults(&lab.db().url, &lab.sim().vma_url());
+    let mut settings = Settings::with_defaults(&lab.db().url, &lab.sim().vma_url()).unwrap();
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.poll_interval = Duration::from_millis(100);
     settings.vma_timeout = Duration::from_millis(500);

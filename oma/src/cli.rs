@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::apply::Caller;
-use crate::config::{parse_database_url, parse_vma_url, ConfigError, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::db;
 use crate::reconcile::minutes_since;
 use crate::recovery::{scan, with_recovery_lock};
@@ -121,11 +121,11 @@ pub async fn main(args: Vec<String>) -> i32 {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Checked before anything is read or written; a ConfigError exits with 2 (usage).
-    let url = parse_database_url(cli.database_url.as_deref())?;
-    let vma = parse_vma_url(&cli.vma_api_url)?;
-    let mut settings = Settings::with_defaults(&url, &vma);
+    let mut settings = Settings::with_defaults(cli.database_url.as_deref().unwrap_or_default(), &cli.vma_api_url)?;
     settings.recovery_max_age = cli.max_age.max(Duration::from_millis(1));
-    let pool = db::connect(&url, 8).await.map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+    let pool = db::connect(&settings.database_url, 8)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
     let shared = Arc::new(Shared::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));
     shared.clock.sync_with_database(&shared.pool).await?;
     match cli.command {

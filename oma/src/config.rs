@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, FromArgMatches};
 
 use crate::reconcile::ReconcileConfig;
 
@@ -38,25 +38,19 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn with_defaults(database_url: &str, vma_api_url: &str) -> Settings {
-        Settings {
-            database_url: database_url.to_string(),
-            vma_api_url: vma_api_url.to_string(),
-            listen: "127.0.0.1:8082".parse().expect("static address"),
-            poll_interval: Duration::from_secs(5),
-            poll_grace: Duration::from_secs(30),
-            vma_timeout: Duration::from_secs(10),
-            recovery_max_age: Duration::from_secs(30 * 60),
-            not_found_complete_above: 90.0,
-            health_interval: Duration::from_secs(120),
-            health_stale_after: Duration::from_secs(30),
-            stall_after: Duration::from_secs(30 * 60),
-            log_format: LogFormat::Text,
-            instance_id: None,
-            recovery_concurrency: 64,
-            poll_concurrency: 256,
-            db_max_connections: 16,
-        }
+    /// The `oma-api` flags' own defaults (the environment is not read) with these two URLs,
+    /// validated like the service's: for tools and tests that run OMA parts in-process.
+    pub fn with_defaults(database_url: &str, vma_api_url: &str) -> Result<Settings, ConfigError> {
+        let flags = ServeArgs::augment_args(clap::Command::new("defaults"));
+        let without_env: Vec<clap::Arg> = flags.get_arguments().map(|a| a.clone().env(None)).collect();
+        let matches = clap::Command::new("defaults")
+            .args(without_env)
+            .try_get_matches_from(["defaults"])
+            .expect("every flag has a default or is optional");
+        let mut args = ServeArgs::from_arg_matches(&matches).expect("matches of ServeArgs' own flags");
+        args.database_url = Some(database_url.to_string());
+        args.vma_api_url = vma_api_url.to_string();
+        args.into_settings()
     }
 
     pub fn reconcile_config(&self) -> ReconcileConfig {
@@ -309,6 +303,26 @@ mod tests {
         let mut argv = vec!["oma-api", "--database-url", "mysql://u:secret@127.0.0.1/db"];
         argv.extend_from_slice(args);
         Cli::parse_from(argv).serve.into_settings()
+    }
+
+    #[test]
+    fn in_process_defaults_are_the_flags_defaults_whatever_the_environment() {
+        // Set in this test process only; with_defaults must not read it (parse() does).
+        std::env::set_var("OMA_STALL_AFTER", "7m");
+        let flags = parse(&[]).unwrap();
+        let in_process = Settings::with_defaults("mysql://u:secret@127.0.0.1/db", "http://localhost:9081").unwrap();
+        std::env::remove_var("OMA_STALL_AFTER");
+        assert_eq!(flags.stall_after, Duration::from_secs(7 * 60));
+        assert_eq!(in_process.stall_after, Duration::from_secs(30 * 60));
+        // Every other value is the flags' default too (no other test reads OMA_STALL_AFTER).
+        let flags_debug = format!("{flags:?}").replace("stall_after: \"7m\"", "stall_after: \"30m\"");
+        assert_eq!(flags_debug, format!("{in_process:?}"));
+        assert_eq!(
+            (flags.recovery_concurrency, flags.poll_concurrency, flags.db_max_connections),
+            (in_process.recovery_concurrency, in_process.poll_concurrency, in_process.db_max_connections)
+        );
+        let e = Settings::with_defaults("mysql://u@h/db", "localhost:9081").unwrap_err();
+        assert_eq!(e.variable, "VMA_API_URL");
     }
 
     #[test]
