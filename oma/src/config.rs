@@ -218,7 +218,7 @@ pub fn parse_vma_url(value: &str) -> Result<String, ConfigError> {
     if url.query().is_some() || url.fragment().is_some() {
         return Err(err("must be a base URL, without ?query or #fragment".into()));
     }
-    Ok(trimmed.trim_end_matches('/').to_string())
+    Ok(trimmed.to_string())
 }
 
 impl ServeArgs {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::Serialize;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
@@ -343,6 +344,12 @@ pub async fn renew_leases(pool: &MySqlPool, owner: &str, lease: Duration) -> Res
     .rows_affected())
 }
 
+/// End `owner`'s leases now, keeping its claims: the next start takes them back, any other OMA may
+/// take them at once (shutdown).
+pub async fn hand_over_leases(pool: &MySqlPool, owner: &str) -> Result<u64, sqlx::Error> {
+    renew_leases(pool, owner, Duration::ZERO).await
+}
+
 /// Unfinished jobs `owner` holds an active claim on.
 pub async fn owned_active_jobs(pool: &MySqlPool, owner: &str) -> Result<HashSet<String>, sqlx::Error> {
     let rows: Vec<String> = sqlx::query_scalar(&format!(
@@ -436,6 +443,7 @@ pub async fn finalize_job(pool: &MySqlPool, job_id: &str, fin: &Finalization) ->
 
 /// Rows finalized per transaction.
 const FINALIZE_CHUNK: usize = 200;
+const FINALIZE_CHUNKS_IN_FLIGHT: usize = 2;
 
 /// Finalize many jobs: per chunk one transaction that locks the contexts (in key order, so
 /// concurrent batches cannot deadlock) and the still-unfinished jobs, updates the jobs in one
@@ -447,29 +455,17 @@ pub async fn finalize_jobs(
     items: &[(String, Finalization)],
 ) -> Vec<Result<Finalized, Arc<sqlx::Error>>> {
     debug_assert!(items.iter().all(|(_, f)| f.status.is_terminal()));
-    // Two chunks at a time (MariaDB runs each transaction on its own thread). They cannot deadlock
-    // on the contexts (each locks its contexts first, in context order); a deadlock elsewhere is
-    // retried.
+    // Two chunks in flight (MariaDB runs each transaction on its own thread), results kept in
+    // order. Chunks cannot deadlock on the contexts (each locks its contexts first, in context
+    // order); a deadlock elsewhere is retried.
+    // The futures are built first: a closure in the stream would make the caller's future not Send.
+    let chunks: Vec<_> = items.chunks(FINALIZE_CHUNK).map(|chunk| finalize_chunk_retrying(pool, chunk)).collect();
+    let done: Vec<_> = futures::stream::iter(chunks).buffered(FINALIZE_CHUNKS_IN_FLIGHT).collect().await;
     let mut out = Vec::with_capacity(items.len());
-    let mut put = |chunk: &[(String, Finalization)], result: Result<Vec<Finalized>, sqlx::Error>| match result {
-        Ok(done) => out.extend(done.into_iter().map(Ok)),
-        Err(e) => {
-            let e = Arc::new(e);
-            out.extend(chunk.iter().map(|_| Err(e.clone())));
-        }
-    };
-    let mut chunks = items.chunks(FINALIZE_CHUNK);
-    while let Some(first) = chunks.next() {
-        let second = chunks.next();
-        let (a, b) = tokio::join!(finalize_chunk_retrying(pool, first), async {
-            match second {
-                Some(chunk) => Some(finalize_chunk_retrying(pool, chunk).await),
-                None => None,
-            }
-        });
-        put(first, a);
-        if let (Some(chunk), Some(b)) = (second, b) {
-            put(chunk, b);
+    for (chunk, result) in items.chunks(FINALIZE_CHUNK).zip(done) {
+        match result {
+            Ok(finalized) => out.extend(finalized.into_iter().map(Ok)),
+            Err(e) => out.extend(std::iter::repeat_n(Err(Arc::new(e)), chunk.len())),
         }
     }
     out

@@ -128,11 +128,7 @@ impl Application {
             warn!("Shutdown timed out waiting for tasks");
         }
         // Leave the polling claims for the next start but let any other OMA take them at once.
-        let handover = sqlx::query(
-            "UPDATE vma_polling_state SET lease_expires_at = NOW(3) WHERE owner_instance = ? AND is_active = 1",
-        )
-        .bind(&self.shared.instance_id)
-        .execute(&self.shared.pool);
+        let handover = db::hand_over_leases(&self.shared.pool, &self.shared.instance_id);
         let answered = match tokio::time::timeout(SHUTDOWN_DB_WAIT, handover).await {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
