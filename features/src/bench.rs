@@ -33,13 +33,8 @@ impl ProcUsage {
         let ticks = |i: usize| {
             fields.get(i).and_then(|f| f.parse::<f64>().ok()).with_context(|| format!("/proc/{pid}/stat field {i}"))
         };
-        let status = read("status")?;
-        let peak_rss_kib = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("VmHWM in /proc/{pid}/status"))?;
+        let peak_rss_kib =
+            status_kib(&read("status")?, "VmHWM:").with_context(|| format!("VmHWM in /proc/{pid}/status"))?;
         Ok(ProcUsage { user_s: ticks(11)? / 100.0, system_s: ticks(12)? / 100.0, peak_rss_kib })
     }
 
@@ -48,16 +43,14 @@ impl ProcUsage {
     }
 }
 
+/// This process's resident set, KiB (0 where /proc is unreadable).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
+    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
+}
+
+/// A `Key:   123 kB` line of /proc/<pid>/status, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn bench_config(lab: &Lab, interval: Duration) -> OmaConfig {

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::bench::{rss_kib, ProcUsage};
@@ -117,8 +117,18 @@ const BUCKETS: usize = 20_000;
 /// Responses larger than this are an error (the progress JSON is well under 1 KiB).
 const MAX_RESPONSE: usize = 64 * 1024;
 
-/// `connections` keep-alive connections GETting `url` for `duration` after a one-second warm-up.
-pub async fn load(server: &str, url: &str, connections: usize, duration: Duration) -> anyhow::Result<LoadFigures> {
+/// The line the load-generating child prints when its measured window starts.
+pub const MEASURING: &str = "measuring";
+
+/// `connections` keep-alive connections GETting `url` for `duration` after a one-second warm-up;
+/// `on_measuring` is called when the measured window starts.
+pub async fn load(
+    server: &str,
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    on_measuring: impl FnOnce(),
+) -> anyhow::Result<LoadFigures> {
     let (addr, request) = prepare_request(url)?;
     let warmup = Duration::from_secs(1).min(duration);
     let measure_from = Instant::now() + warmup;
@@ -129,6 +139,7 @@ pub async fn load(server: &str, url: &str, connections: usize, duration: Duratio
         tasks.push(tokio::spawn(drive_connection(addr, request, measure_from, deadline)));
     }
     tokio::time::sleep_until(measure_from.into()).await;
+    on_measuring();
     let rss0 = rss_kib();
     let mut histogram = vec![0u64; BUCKETS];
     let mut errors = 0;
@@ -387,7 +398,7 @@ pub async fn sim_vs_wiremock(
         let client_cpus = client_cpus.clone();
         async move {
             match placement {
-                Placement::SameProcess => load(server, &url, connections, duration).await,
+                Placement::SameProcess => load(server, &url, connections, duration, || {}).await,
                 _ => load_from_child(server, &url, connections, duration, client_cpus).await,
             }
         }
@@ -453,18 +464,25 @@ async fn load_from_child(
         let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
         cmd.args(["--client-cpus", &list.join(",")]);
     }
-    let child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
-    // The child measures after its own one-second warm-up; sample this process over the same window.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().context("load client stdout")?);
+    // Sample this process over the child's measured window, which it announces after its warm-up.
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.context("load client output")?;
+    if line.trim_end() != MEASURING {
+        bail!("load client for {server} did not start measuring (it printed {line:?})");
+    }
     let me = std::process::id();
     let cpu0 = ProcUsage::of(me)?;
     let rss0 = rss_kib();
-    let out = child.wait_with_output().await?;
+    let mut report = String::new();
+    stdout.read_to_string(&mut report).await.context("load client output")?;
+    let status = child.wait().await?;
     let cpu1 = ProcUsage::of(me)?;
-    if !out.status.success() {
-        bail!("load client for {server} failed ({})", out.status);
+    if !status.success() {
+        bail!("load client for {server} failed ({status})");
     }
-    let mut figures: LoadFigures = serde_json::from_slice(&out.stdout).context("load client output")?;
+    let mut figures: LoadFigures = serde_json::from_str(&report).context("load client output")?;
     figures.server = server.to_string();
     figures.rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
     let per_1k = |seconds: f64| seconds * 1000.0 / (figures.requests as f64 / 1000.0);

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use chrono::Utc;
+use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
@@ -687,8 +688,6 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
         Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}\n"))),
     }
 }
-
-use futures::{FutureExt, StreamExt};
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response<Body> {
     let mut r = Response::new(body.into());

@@ -57,9 +57,13 @@ fn main() -> anyhow::Result<()> {
         if let Some(cpus) = &cli.client_cpus {
             loadgen::pin_current_thread(cpus)?;
         }
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-        let figures = runtime.block_on(loadgen::load("client", url, cli.connections, *cli.load_duration))?;
+        // One worker per CPU this process may use (the pinned ones): the runtime's default.
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let announce = || {
+            println!("{}", loadgen::MEASURING);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        };
+        let figures = runtime.block_on(loadgen::load("client", url, cli.connections, *cli.load_duration, announce))?;
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
