@@ -22,6 +22,30 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the job is "completed"
     And the recovery metadata shows method "manual"
 
+  Scenario: A caller hanging up does not cut a manual recovery short
+    Given the health monitor checks every 60000 ms
+    And the OMA waits up to 5000 ms for a VMA answer
+    And the OMA API is running
+    When a job the OMA never polled appears as replicating at 95%
+    And the VMA reports the job completed
+    And the VMA answers every request after 1000 ms
+    And I POST "/api/v1/job-recovery/trigger" and hang up after 300 ms
+    Then the job is "completed"
+    And the recovery metadata shows method "manual"
+    And the health report shows recovery "completed"
+    When I POST "/api/v1/job-recovery/trigger?dry_run=true"
+    Then the response status is 200
+
+  Scenario: A caller hanging up does not leave a half-started replication
+    Given the health monitor checks every 60000 ms
+    And the OMA waits up to 5000 ms for a VMA answer
+    And the OMA API is running
+    When the VMA answers every request after 1000 ms
+    And I start a replication of a new VM and hang up after 300 ms
+    Then the job is "replicating"
+    And the job is polled again within 5 seconds
+    And the job's progress is written again within 5 seconds
+
   @regression
   Scenario: Defect 6 - the polling status endpoints show the polled job
     Given the OMA API is running

@@ -307,6 +307,34 @@ async fn recovery_locks_of_different_databases_do_not_block_each_other() {
     b.teardown().await;
 }
 
+/// MariaDB's named locks belong to the session: a recovery dropped mid-way (its caller gave up)
+/// must not put a connection that still holds the lock back in the pool, or every later
+/// recovery of this database (other OMAs, `job-recovery recover`) waits for it in vain.
+#[tokio::test]
+async fn a_recovery_cut_short_does_not_leave_its_lock_held() {
+    let lab = Lab::new("lock-cut-short").await.unwrap();
+    let cut_short = tokio::time::timeout(
+        Duration::from_millis(200),
+        oma::recovery::with_recovery_lock(lab.pool(), Duration::ZERO, std::future::pending::<()>()),
+    )
+    .await;
+    assert!(cut_short.is_err(), "the recovery was meant to be cut short");
+    // The server frees the lock when the session ends, a moment after the drop.
+    let freed = lab
+        .wait_until("the recovery lock to be free", Duration::from_secs(5), || async {
+            let free: Option<i64> = sqlx::query_scalar("SELECT IS_FREE_LOCK(CONCAT(?, ':', DATABASE()))")
+                .bind(oma::recovery::RECOVERY_LOCK)
+                .fetch_one(lab.pool())
+                .await?;
+            Ok(if free == Some(1) { Ok(()) } else { Err("still held".to_string()) })
+        })
+        .await;
+    assert!(freed.is_ok(), "{freed:?}");
+    let next = oma::recovery::with_recovery_lock(lab.pool(), Duration::ZERO, async {}).await.unwrap();
+    assert!(next.is_some(), "the next recovery could not take the lock");
+    lab.teardown().await;
+}
+
 #[tokio::test]
 async fn many_finalizations_in_parallel_chunks_keep_shared_contexts_right() {
     // 900 jobs on three shared VM contexts: five chunks, finalized two at a time, each chunk

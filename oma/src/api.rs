@@ -1,5 +1,6 @@
 //! HTTP API (SPEC §4.6). Handlers are thin: they parse, call a service, and map errors to
 //! `{"error","details","timestamp"}` responses. 500s stay opaque; causes are logged here once.
+//! Work that writes runs detached from the request, so a caller hanging up cannot cut it short.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Run a handler's work as a task of its own. hyper drops a handler when its caller hangs up;
+/// work that writes must not stop half-way for that (a replication left `initializing` while
+/// the VMA runs it, a recovery scan that never records its end and refuses every later one).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|e| ApiError::internal("request task", e))
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::internal("database error", e)
@@ -118,7 +128,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 async fn create(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let request: CreateMigrationRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "Invalid request body", e.to_string()))?;
-    match create_replication(&state.shared, &state.poller, request).await {
+    let created = detached(async move { create_replication(&state.shared, &state.poller, request).await }).await?;
+    match created {
         Ok(result) => Ok((StatusCode::CREATED, Json(result)).into_response()),
         Err(CreateError::Invalid(msg)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "Invalid request", msg)),
         Err(CreateError::ActiveJob { job_id }) => Err(ApiError::new(
@@ -243,8 +254,10 @@ struct TriggerQuery {
 async fn recovery_trigger(State(state): State<AppState>, Query(q): Query<TriggerQuery>) -> Result<Response, ApiError> {
     let dry_run = q.dry_run.unwrap_or(false);
     info!(dry_run, "Manual job recovery triggered via API");
-    match run_recovery(&state.shared, &state.poller, &state.recovery, "manual", dry_run, Duration::from_secs(5)).await?
-    {
+    let run = detached(async move {
+        run_recovery(&state.shared, &state.poller, &state.recovery, "manual", dry_run, Duration::from_secs(5)).await
+    });
+    match run.await?? {
         Some(report) => {
             info!("{}", report.summary.log_text());
             Ok(Json(report).into_response())
@@ -297,8 +310,12 @@ async fn polling_job(State(state): State<AppState>, Path(job_id): Path<String>) 
 /// Stop polling one job (the "orphaned job" scenario): the job stays unfinished and unpolled
 /// until the health monitor re-attaches it.
 async fn stop_polling_job(State(state): State<AppState>, Path(job_id): Path<String>) -> Result<Response, ApiError> {
-    let was_tracked = state.poller.untrack(&job_id);
-    let released = db::release_polling(&state.shared.pool, &job_id, None).await?;
+    let id = job_id.clone();
+    let (was_tracked, released) = detached(async move {
+        let was_tracked = state.poller.untrack(&id);
+        db::release_polling(&state.shared.pool, &id, None).await.map(|released| (was_tracked, released))
+    })
+    .await??;
     if !was_tracked && !released {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

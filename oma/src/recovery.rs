@@ -188,12 +188,18 @@ pub async fn scan(
 }
 
 /// Hold the named lock on one connection for the duration of `f`.
+///
+/// Named locks belong to the session, so the connection is closed afterwards instead of going
+/// back to the pool: if this future is dropped mid-way (even while `GET_LOCK` still waits), a
+/// pooled connection would keep the lock and every later recovery of the database would wait
+/// for it in vain. Closing the session frees the lock whatever happened.
 pub async fn with_recovery_lock<T>(
     pool: &MySqlPool,
     wait: Duration,
     f: impl std::future::Future<Output = T>,
 ) -> Result<Option<T>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
+    conn.close_on_drop();
     let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT(?, ':', DATABASE()), ?)")
         .bind(RECOVERY_LOCK)
         .bind(wait.as_secs_f64())

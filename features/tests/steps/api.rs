@@ -31,6 +31,24 @@ async fn http(world: &mut OmaWorld, method: String, path: String) {
     world.response = Some((status, body));
 }
 
+/// A caller that gives up: the request is sent, and the connection dropped after `ms` without an
+/// answer. An answer within `ms` fails the step: the scenario would not test what it says.
+pub async fn send_and_hang_up(req: reqwest::RequestBuilder, ms: u64) {
+    match req.timeout(std::time::Duration::from_millis(ms)).send().await {
+        Err(e) if e.is_timeout() => {}
+        Ok(resp) => panic!("the OMA answered ({}) before the caller hung up after {ms} ms", resp.status()),
+        Err(e) => panic!("request failed before the caller hung up: {e}"),
+    }
+}
+
+#[when(regex = r#"^I (POST|DELETE) "([^"]*)" and hang up after (\d+) ms$"#)]
+async fn http_hang_up(world: &mut OmaWorld, method: String, path: String, ms: u64) {
+    let url = format!("{}{}", world.lab().oma().url(), world.expand(&path));
+    let http = &world.lab().http;
+    let req = if method == "POST" { http.post(url) } else { http.delete(url) };
+    send_and_hang_up(req, ms).await;
+}
+
 fn response(world: &OmaWorld) -> &(u16, Value) {
     world.response.as_ref().expect("a request was made")
 }

@@ -98,12 +98,16 @@ async fn failed_job_with_error(world: &mut OmaWorld, error: String) {
 }
 
 /// Create a job through `POST /api/v1/replications`, as an operator would.
-pub async fn create_replication(world: &mut OmaWorld, vm: &str) -> (u16, Value) {
+fn create_request(world: &OmaWorld, vm: &str) -> reqwest::RequestBuilder {
     let url = format!("{}/api/v1/replications", world.lab().oma().url());
     let body = json!({"source_vm": {"id": format!("vmware-{vm}"), "name": vm, "path": format!("/DC1/vm/{vm}"),
                       "disks": [{"id": "disk-2000", "size_gb": 10, "capacity_bytes": 10737418240u64}]},
                       "ossea_config_id": 1, "vcenter_host": "vcenter.local", "start_replication": true});
-    let resp = world.lab().http.post(url).json(&body).send().await.expect("POST /api/v1/replications");
+    world.lab().http.post(url).json(&body)
+}
+
+pub async fn create_replication(world: &mut OmaWorld, vm: &str) -> (u16, Value) {
+    let resp = create_request(world, vm).send().await.expect("POST /api/v1/replications");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -471,18 +475,20 @@ async fn earlier_success(world: &mut OmaWorld) {
 
 #[then(regex = r#"^the health report shows recovery "(\w+)"$"#)]
 async fn health_recovery(world: &mut OmaWorld, state: String) {
-    let body: Value = world
+    // Waits for the state: the tracker is updated a moment after the scan's last write.
+    let url = format!("{}/health", world.lab().oma().url());
+    world
         .lab()
-        .http
-        .get(format!("{}/health", world.lab().oma().url()))
-        .send()
+        .wait_until(&format!("/health to show recovery {state}"), WAIT, || async {
+            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            Ok(if body["status"] == "healthy" && body["recovery"]["state"] == state.as_str() {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            })
+        })
         .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(body["status"], "healthy", "{body}");
-    assert_eq!(body["recovery"]["state"], state.as_str(), "{body}");
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[when(regex = r"^I try to start a replication of the job's VM$")]
@@ -490,6 +496,26 @@ async fn try_replication(world: &mut OmaWorld) {
     let ctx = world.lab().context_of(&world.job()).await.expect("context");
     let vm = ctx.vm_name.clone();
     world.response = Some(create_replication(world, &vm).await);
+}
+
+#[when(regex = r"^I start a replication of a new VM and hang up after (\d+) ms$")]
+async fn start_and_hang_up(world: &mut OmaWorld, ms: u64) {
+    world.vm_counter += 1;
+    let vm = format!("QUAD-GONE-{:02}", world.vm_counter);
+    crate::steps::api::send_and_hang_up(create_request(world, &vm), ms).await;
+    // The job row is committed before the VMA is asked, so it is there once the caller gave up.
+    let id = world
+        .lab()
+        .wait_until(&format!("a job row for {vm}"), WAIT, || async {
+            let id: Option<String> = sqlx::query_scalar("SELECT id FROM replication_jobs WHERE source_vm_name = ?")
+                .bind(&vm)
+                .fetch_optional(world.lab().pool())
+                .await?;
+            Ok(id.ok_or_else(|| "no row yet".to_string()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    world.jobs.insert(String::new(), id);
 }
 
 #[when(regex = r"^I try to start a replication of a new VM$")]

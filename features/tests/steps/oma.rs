@@ -34,6 +34,11 @@ async fn poll_interval(world: &mut OmaWorld, ms: u64) {
     config(world).poll_interval = Duration::from_millis(ms);
 }
 
+#[given(regex = r"^the OMA waits up to (\d+) ms for a VMA answer$")]
+async fn vma_timeout(world: &mut OmaWorld, ms: u64) {
+    config(world).vma_timeout = Duration::from_millis(ms);
+}
+
 #[given(regex = r"^the OMA logs in JSON$")]
 async fn json_logs(world: &mut OmaWorld) {
     config(world).log_format = "json";

@@ -104,6 +104,14 @@ async fn vma_unreachable_by(world: &mut OmaWorld, mode: String) {
     world.lab().control.set_faults_json(&json!({"unreachable": {"mode": mode}})).await.expect("faults");
 }
 
+/// Global latency: every VMA endpoint (progress and `/replicate` alike) answers late.
+#[given(regex = r"^the VMA answers every request after (\d+) ms$")]
+#[when(regex = r"^the VMA answers every request after (\d+) ms$")]
+async fn vma_latency(world: &mut OmaWorld, ms: u64) {
+    let faults = json!({"latency": {"base": format!("{ms}ms"), "probability": 1.0}});
+    world.lab().control.set_faults_json(&faults).await.expect("faults");
+}
+
 #[given(regex = r"^the VMA answers every request with status (\d+)$")]
 #[when(regex = r"^the VMA answers every request with status (\d+)$")]
 async fn vma_errors(world: &mut OmaWorld, status: u16) {
