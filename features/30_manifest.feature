@@ -78,3 +78,26 @@ Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, opera
     When the VMA is started again
     And I try to start a replication of the job's VM
     Then the response status is 201
+
+  Scenario: The OMA starts before its database and waits for it
+    Given the database does not accept connections yet
+    When the OMA API is launched
+    Then the logs show "Waiting for the database"
+    When the database starts accepting connections
+    Then the OMA API becomes ready within 10 seconds
+    And the API responds to a health check
+    And the logs show "Database connection established"
+
+  Scenario: The OMA says why it cannot reach the database and stops after its wait
+    Given the database does not accept connections yet
+    When I run "oma-api --db-wait 1s"
+    Then the command exits with 1
+    And the command output contains "Connection refused"
+    And the command output contains "no connection after waiting 1s (OMA_DB_WAIT)"
+
+  Scenario: A database that refuses the OMA's login stops it at once, without waiting
+    Given the OMA's database user does not exist
+    When I run "oma-api --db-wait 60s"
+    Then the command exits with 1
+    And the command output contains "Access denied for user 'oma_no_such_user'"
+    And the command output contains "mysql://oma_no_such_user:***@"

@@ -89,6 +89,14 @@ impl Lab {
         Ok(self.omas.len() - 1)
     }
 
+    /// Like [`Lab::start_oma_with`], without waiting for the OMA to be ready.
+    pub async fn launch_oma_with(&mut self, config: OmaConfig) -> anyhow::Result<usize> {
+        let name = format!("{}-oma{}", self.name, self.omas.len() + 1);
+        let oma = OmaProcess::launch(&name, config).await?;
+        self.omas.push(oma);
+        Ok(self.omas.len() - 1)
+    }
+
     pub async fn start_oma(&mut self) -> anyhow::Result<usize> {
         let config = self.oma_config();
         self.start_oma_with(config).await

@@ -3,6 +3,7 @@
 //! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
 
 pub mod bench;
+pub mod gate;
 pub mod lab;
 pub mod loadgen;
 pub mod mariadb;

@@ -198,6 +198,13 @@ pub struct OmaProcess {
 impl OmaProcess {
     /// Start a new OMA on a free port and wait until `/health` answers.
     pub async fn start(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
+        let mut process = OmaProcess::launch(name, config).await?;
+        process.wait_ready(Duration::from_secs(30)).await?;
+        Ok(process)
+    }
+
+    /// Start a new OMA on a free port without waiting for it to be ready.
+    pub async fn launch(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
         let logs = target_dir()
             .parent()
             .map(|p| p.join("acceptance/logs"))
@@ -213,7 +220,7 @@ impl OmaProcess {
             starts: 0,
             last_start: None,
         };
-        process.start_again().await?;
+        process.spawn().await?;
         Ok(process)
     }
 

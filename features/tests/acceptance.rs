@@ -38,6 +38,8 @@ pub struct OmaWorld {
     pub vm_counter: usize,
     /// A transaction of the harness holding row locks the OMA needs (a database stall).
     pub held_lock: Option<sqlx::Transaction<'static, sqlx::MySql>>,
+    /// A port in front of the database that refuses connections until opened (a late database).
+    pub db_gate: Option<oma_acceptance::gate::Gate>,
 }
 
 impl fmt::Debug for OmaWorld {
@@ -61,6 +63,7 @@ impl OmaWorld {
             command: None,
             vm_counter: 0,
             held_lock: None,
+            db_gate: None,
         }
     }
 

@@ -123,7 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // Checked before anything is read or written; a ConfigError exits with 2 (usage).
     let mut settings = Settings::with_defaults(cli.database_url.as_deref().unwrap_or_default(), &cli.vma_api_url)?;
     settings.recovery_max_age = cli.max_age.max(Duration::from_millis(1));
-    let pool = db::connect(&settings.database_url, 8)
+    // A person is waiting: a few seconds for a database that is just starting, not the service's wait.
+    let pool = db::connect(&settings.database_url, 8, Duration::from_secs(5))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
     let shared = Arc::new(Shared::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));

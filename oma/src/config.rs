@@ -35,6 +35,8 @@ pub struct Settings {
     /// Concurrent progress requests of the poller (not a cap on the number of jobs).
     pub poll_concurrency: usize,
     pub db_max_connections: u32,
+    /// How long a start waits for a database that does not accept connections yet.
+    pub db_wait: Duration,
 }
 
 impl Settings {
@@ -84,6 +86,7 @@ impl std::fmt::Debug for Settings {
             .field("stall_after", &humantime::format_duration(self.stall_after).to_string())
             .field("log_format", &self.log_format)
             .field("instance_id", &self.instance_id)
+            .field("db_wait", &humantime::format_duration(self.db_wait).to_string())
             .finish()
     }
 }
@@ -146,6 +149,10 @@ pub struct ServeArgs {
     pub poll_concurrency: String,
     #[arg(long, env = "OMA_DB_MAX_CONNECTIONS", default_value = "16")]
     pub db_max_connections: String,
+    /// How long a start waits for the database to accept connections (it may come up after the
+    /// OMA, e.g. after a reboot); each failed attempt is logged with its reason
+    #[arg(long, env = "OMA_DB_WAIT", default_value = "30s")]
+    pub db_wait: String,
 }
 
 /// A configuration error that names the variable and the flag.
@@ -284,6 +291,7 @@ impl ServeArgs {
             )?,
             poll_concurrency: positive("OMA_POLL_CONCURRENCY", "poll-concurrency", &self.poll_concurrency)?,
             db_max_connections: positive("OMA_DB_MAX_CONNECTIONS", "db-max-connections", &self.db_max_connections)?,
+            db_wait: duration("OMA_DB_WAIT", "db-wait", &self.db_wait)?,
         })
     }
 }

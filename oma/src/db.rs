@@ -8,9 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::Serialize;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::{Executor, MySql, QueryBuilder, Row, Transaction};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{Connection, Executor, MySql, QueryBuilder, Row, Transaction};
+use tracing::warn;
 
+use crate::config::redact_url;
 use crate::domain::{active_status_sql_list, nbd_export_name, FailureClass, JobStatus, RecoveryMethod};
 use crate::reconcile::JobFacts;
 use crate::vma_client::VmaProgress;
@@ -20,8 +22,56 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Rows per multi-row statement.
 const BATCH_ROWS: usize = 500;
 
-pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx::Error> {
-    let options: MySqlConnectOptions = url.parse()?;
+/// Why a start gave up on the database.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A reason waiting cannot fix: access denied, unknown database, not a MariaDB server.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no connection after waiting {} (OMA_DB_WAIT); last attempt: {last}", humantime::format_duration(*.waited))]
+    GaveUp { waited: Duration, last: String },
+}
+
+/// A database that is not up yet (refused, reset, no answer, full, shutting down) may come up:
+/// worth waiting for. Anything else is a mistake to report at once.
+fn worth_waiting_for(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1040 | 1053))
+        }
+        _ => false,
+    }
+}
+
+/// Connect, waiting up to `wait` for a database that does not accept connections yet (it may
+/// start after the OMA, e.g. after a reboot). Each failed attempt is logged with its reason.
+pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<MySqlPool, ConnectError> {
+    let refused = |e: sqlx::Error| ConnectError::Refused(e.to_string());
+    let options: MySqlConnectOptions = url.parse().map_err(refused)?;
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        let attempt =
+            tokio::time::timeout(left.max(Duration::from_millis(100)), MySqlConnection::connect_with(&options));
+        let reason = match attempt.await {
+            Ok(Ok(probe)) => {
+                let _ = probe.close().await;
+                break;
+            }
+            Ok(Err(e)) if !worth_waiting_for(&e) => return Err(refused(e)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:.1}s", left.as_secs_f64()),
+        };
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(ConnectError::GaveUp { waited: wait, last: reason });
+        }
+        warn!("⏳ Waiting for the database at {}: {reason} (giving up in {:.1}s)", redact_url(url), left.as_secs_f64());
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
@@ -35,6 +85,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, sqlx:
         })
         .connect_with(options)
         .await
+        .map_err(refused)
 }
 
 /// Apply the embedded migrations. Idempotent; sqlx serializes concurrent runners with a lock.

@@ -24,6 +24,45 @@ fn config(world: &mut OmaWorld) -> &mut oma_acceptance::OmaConfig {
     world.config.as_mut().expect("set above")
 }
 
+/// The OMAs of the scenario reach the database through a closed gate until it opens.
+#[given(regex = r"^the database does not accept connections yet$")]
+async fn database_late(world: &mut OmaWorld) {
+    let mut url = reqwest::Url::parse(&world.lab().db().url).expect("the lab's database URL");
+    let target = format!("{}:{}", url.host_str().expect("host"), url.port().unwrap_or(3306));
+    let gate = oma_acceptance::gate::Gate::closed(&target);
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.set_port(Some(gate.port())).expect("port");
+    config(world).database_url = url.to_string();
+    world.db_gate = Some(gate);
+}
+
+#[given(regex = r"^the OMA's database user does not exist$")]
+async fn database_user_unknown(world: &mut OmaWorld) {
+    let mut url = reqwest::Url::parse(&world.lab().db().url).expect("the lab's database URL");
+    url.set_username("oma_no_such_user").expect("user");
+    url.set_password(Some("wrong")).expect("password");
+    config(world).database_url = url.to_string();
+}
+
+#[when(regex = r"^the database starts accepting connections$")]
+async fn database_opens(world: &mut OmaWorld) {
+    let gate = world.db_gate.as_mut().expect("the database does not accept connections yet");
+    gate.open().await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[when(regex = r"^the OMA API is launched$")]
+async fn oma_launched(world: &mut OmaWorld) {
+    world.oma_started_at = Some(chrono::Utc::now());
+    let config = config(world).clone();
+    world.lab_mut().launch_oma_with(config).await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^the OMA API becomes ready within (\d+) seconds$")]
+async fn oma_ready_within(world: &mut OmaWorld, secs: u64) {
+    let oma = world.lab_mut().oma_mut();
+    oma.wait_ready(Duration::from_secs(secs)).await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[given(regex = r"^the OMA stall timeout is (\d+) seconds?$")]
 async fn stall_timeout(world: &mut OmaWorld, secs: u64) {
     config(world).stall_after = Duration::from_secs(secs);

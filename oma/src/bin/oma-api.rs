@@ -33,7 +33,7 @@ async fn main() {
     };
     oma::telemetry::init(settings.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => migrate(&settings.database_url).await,
+        Command::Migrate => migrate(&settings).await,
         Command::Serve => match Application::build(settings).await {
             Ok(app) => app.run_until_stopped(shutdown_signal()).await,
             Err(e) => Err(e),
@@ -46,8 +46,10 @@ async fn main() {
     }
 }
 
-async fn migrate(url: &str) -> anyhow::Result<()> {
-    let pool = oma::db::connect(url, 2).await?;
+async fn migrate(settings: &oma::config::Settings) -> anyhow::Result<()> {
+    let pool = oma::db::connect(&settings.database_url, 2, settings.db_wait).await.map_err(|e| {
+        anyhow::anyhow!("cannot connect to the database at {}: {e}", oma::config::redact_url(&settings.database_url))
+    })?;
     oma::db::migrate(&pool).await?;
     let applied = oma::db::MIGRATOR.iter().count();
     println!("migrations up to date ({applied} known)");

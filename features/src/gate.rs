@@ -1,0 +1,54 @@
+//! A port that refuses connections until it is opened, then forwards each connection to a
+//! target: a database that comes up after the OMA (a host rebooting, MariaDB starting late).
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+pub struct Gate {
+    port: u16,
+    target: String,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+impl Gate {
+    /// A closed gate in front of `target` (`host:port`): nothing listens on its port yet.
+    pub fn closed(target: &str) -> Gate {
+        Gate { port: crate::mariadb::free_port(), target: target.to_string(), forwarder: None }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Start accepting on the gate's port; each connection is forwarded to the target until
+    /// either side closes it or the gate is dropped.
+    pub async fn open(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .with_context(|| format!("opening the gate on port {}", self.port))?;
+        let target = self.target.clone();
+        self.forwarder = Some(tokio::spawn(async move {
+            // Dropping the set (the gate's drop aborts this task) ends every forwarded connection.
+            let mut connections = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+        }
+    }
+}
