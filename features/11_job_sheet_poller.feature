@@ -87,6 +87,19 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the job is polled every interval
     And the API responds to a health check
 
+  Scenario: The OMA rides out a database restart
+    Given the OMA reaches its database through a gate
+    And the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the database goes away
+    Then the health check reports the database unreachable
+    And the job is polled every interval
+    When the database comes back
+    Then the job's progress is written again within 5 seconds
+    And the API responds to a health check
+    And the job stays "replicating"
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

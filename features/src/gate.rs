@@ -1,5 +1,6 @@
 //! A port that refuses connections until it is opened, then forwards each connection to a
-//! target: a database that comes up after the OMA (a host rebooting, MariaDB starting late).
+//! target: a database that comes up after the OMA (a host rebooting, MariaDB starting late), or
+//! goes away for a while (closing the gate cuts every connection and refuses new ones).
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +43,14 @@ impl Gate {
             }
         }));
         Ok(())
+    }
+
+    /// Cut every forwarded connection and refuse new ones, like a database going down.
+    pub async fn close(&mut self) {
+        if let Some(f) = self.forwarder.take() {
+            f.abort();
+            let _ = f.await;
+        }
     }
 }
 

@@ -15,6 +15,25 @@ async fn health_check(world: &mut OmaWorld) {
     assert_eq!(body["database"], "connected");
 }
 
+#[then(regex = r"^the health check reports the database unreachable$")]
+async fn health_reports_database_down(world: &mut OmaWorld) {
+    let url = format!("{}/health", world.lab().oma().url());
+    world
+        .lab()
+        .wait_until("/health to report the database unreachable", std::time::Duration::from_secs(10), || async {
+            let resp = world.lab().http.get(&url).send().await?;
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await?;
+            Ok(if status == 503 && body["database"] == "unreachable" {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[when(regex = r#"^I (GET|POST|DELETE) "([^"]*)"$"#)]
 async fn http(world: &mut OmaWorld, method: String, path: String) {
     let url = format!("{}{}", world.lab().oma().url(), world.expand(&path));

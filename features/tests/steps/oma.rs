@@ -24,9 +24,20 @@ fn config(world: &mut OmaWorld) -> &mut oma_acceptance::OmaConfig {
     world.config.as_mut().expect("set above")
 }
 
-/// The OMAs of the scenario reach the database through a closed gate until it opens.
+/// The OMAs of the scenario reach the database through a gate: closed until it opens, or open
+/// until it closes.
 #[given(regex = r"^the database does not accept connections yet$")]
 async fn database_late(world: &mut OmaWorld) {
+    put_database_behind_gate(world);
+}
+
+#[given(regex = r"^the OMA reaches its database through a gate$")]
+async fn database_behind_open_gate(world: &mut OmaWorld) {
+    put_database_behind_gate(world);
+    database_opens(world).await;
+}
+
+fn put_database_behind_gate(world: &mut OmaWorld) {
     let mut url = reqwest::Url::parse(&world.lab().db().url).expect("the lab's database URL");
     let target = format!("{}:{}", url.host_str().expect("host"), url.port().unwrap_or(3306));
     let gate = oma_acceptance::gate::Gate::closed(&target);
@@ -44,7 +55,12 @@ async fn database_user_unknown(world: &mut OmaWorld) {
     config(world).database_url = url.to_string();
 }
 
-#[when(regex = r"^the database starts accepting connections$")]
+#[when(regex = r"^the database goes away$")]
+async fn database_goes_away(world: &mut OmaWorld) {
+    world.db_gate.as_mut().expect("the OMA reaches its database through a gate").close().await;
+}
+
+#[when(regex = r"^the database (?:starts accepting connections|comes back)$")]
 async fn database_opens(world: &mut OmaWorld) {
     let gate = world.db_gate.as_mut().expect("the database does not accept connections yet");
     gate.open().await.unwrap_or_else(|e| panic!("{e:#}"));
