@@ -100,6 +100,18 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the API responds to a health check
     And the job stays "replicating"
 
+  Scenario: A final status the database refused is written at a later poll
+    Given the health monitor checks every 60000 ms
+    And the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the database rejects every write that finalizes the job
+    And the job completes on the VMA
+    Then the logs show "Failed to finalize job {job} as completed"
+    When the database accepts the job's writes again
+    Then the job is "completed"
+    And the VM context allows new operations
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

@@ -439,7 +439,10 @@ fn report_final(
     outcome: Outcome,
     result: Result<Finalized, String>,
 ) -> Outcome {
-    if let Some(poller) = poller {
+    // A job whose final status could not be written stays tracked: its next poll decides and
+    // writes again. Untracked, it would keep its lease (renewed with every other) and nobody
+    // would ever look at it again.
+    if let (Some(poller), Ok(_)) = (poller, &result) {
         poller.untrack(job_id);
     }
     match result {
@@ -458,6 +461,10 @@ fn report_final(
         Ok(Finalized::AlreadyFinal) => {
             info!("Job {job_id} was already finalized by another writer - nothing to do");
             Outcome::AlreadyFinal
+        }
+        Err(e) if poller.is_some_and(|p| p.is_polling(job_id)) => {
+            warn!("❌ Failed to finalize job {job_id} as {}: {e} - polling continues and retries", fin.status.as_str());
+            Outcome::Error
         }
         Err(e) => {
             warn!("❌ Failed to recover job {job_id}: {e}");

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::apply::{finalize, Caller};
+use crate::apply::{finalize, Caller, Outcome};
 use crate::db::{self, PollStat, ProgressWrite, UnfinishedJob};
 use crate::reconcile::{decide, Decision, JobFacts, KeepReason};
 use crate::shared::{every, Shared};
@@ -290,7 +290,7 @@ impl Poller {
                 self.finish(&job_id, false);
             }
             final_decision => {
-                finalize(
+                let outcome = finalize(
                     shared,
                     Some(self),
                     &job_id,
@@ -300,6 +300,16 @@ impl Poller {
                     Caller::Poller,
                 )
                 .await;
+                if outcome == Outcome::Error {
+                    // Still tracked: the next poll (backing off) decides and writes again.
+                    self.update_tracked(&job_id, |t| {
+                        t.consecutive_errors += 1;
+                        t.polls_failed += 1;
+                        t.last_result = "finalize_failed";
+                        t.last_error = Some("the final status could not be written; retrying".into());
+                    });
+                    self.finish(&job_id, false);
+                }
             }
         }
     }

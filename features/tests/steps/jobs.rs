@@ -535,6 +535,25 @@ async fn try_new_replication(world: &mut OmaWorld) {
     world.response = Some((status, body));
 }
 
+/// A write error the OMA cannot prevent (a deadlock victim, a full disk): a trigger makes MariaDB
+/// refuse any status change of the job, with SQLSTATE 40001.
+#[when(regex = r"^the database rejects every write that finalizes the job$")]
+async fn database_rejects_final(world: &mut OmaWorld) {
+    let id = world.job();
+    assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)), "unexpected job id {id}");
+    let sql = format!(
+        "CREATE TRIGGER oma_test_reject_final BEFORE UPDATE ON replication_jobs FOR EACH ROW \
+         IF OLD.id = '{id}' AND NEW.status <> OLD.status THEN \
+         SIGNAL SQLSTATE '40001' SET MESSAGE_TEXT = 'injected by the test: status change refused'; END IF"
+    );
+    sqlx::raw_sql(&sql).execute(world.lab().pool()).await.expect("create the trigger");
+}
+
+#[when(regex = r"^the database accepts the job's writes again$")]
+async fn database_accepts_again(world: &mut OmaWorld) {
+    sqlx::raw_sql("DROP TRIGGER IF EXISTS oma_test_reject_final").execute(world.lab().pool()).await.expect("drop");
+}
+
 #[when(regex = r"^another database session holds the job's polling state locked$")]
 async fn hold_polling_state_lock(world: &mut OmaWorld) {
     let id = world.job();
