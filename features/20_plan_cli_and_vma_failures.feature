@@ -62,6 +62,13 @@ Feature: Plan - manual recovery CLI, VMA restart and a dying copy process
       | http://vma:99999      |
       | ftp://vma:9081        |
 
+  Scenario: job-recovery says why it cannot reach the database
+    Given the database does not accept connections yet
+    When I run "job-recovery scan"
+    Then the command exits with 1
+    And the command output contains "Connection refused"
+    And the command output contains "no connection after waiting 5s (job-recovery's wait)"
+
   Scenario: job-recovery rejects an unknown action with exit code 2
     When I run "job-recovery -action=explode"
     Then the command exits with 2

@@ -81,6 +81,12 @@ impl OmaWorld {
     }
 
     /// `{job}` in a step's text stands for the scenario's job id.
+    /// The database address the scenario's OMA processes use (a gate, or a wrong user, when the
+    /// scenario says so).
+    pub fn database_url(&self) -> String {
+        self.config.as_ref().map_or_else(|| self.lab().db().url.clone(), |c| c.database_url.clone())
+    }
+
     pub fn expand(&self, text: &str) -> String {
         match self.jobs.get("") {
             Some(id) => text.replace("{job}", id),

@@ -440,8 +440,8 @@ fn report_final(
     result: Result<Finalized, String>,
 ) -> Outcome {
     // A job whose final status could not be written stays tracked: its next poll decides and
-    // writes again. Untracked, it would keep its lease (renewed with every other) and nobody
-    // would ever look at it again.
+    // writes again. Untracked, it would wait for the health monitor's next round (2 min by
+    // default) while the VMA has long finished it.
     if let (Some(poller), Ok(_)) = (poller, &result) {
         poller.untrack(job_id);
     }

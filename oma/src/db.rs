@@ -28,8 +28,8 @@ pub enum ConnectError {
     /// A reason waiting cannot fix: access denied, unknown database, not a MariaDB server.
     #[error("{0}")]
     Refused(String),
-    #[error("no connection after waiting {} (OMA_DB_WAIT); last attempt: {last}", humantime::format_duration(*.waited))]
-    GaveUp { waited: Duration, last: String },
+    #[error("no connection after waiting {} ({setting}); last attempt: {last}", humantime::format_duration(*.waited))]
+    GaveUp { waited: Duration, setting: &'static str, last: String },
 }
 
 /// A database that is not up yet (refused, reset, no answer, full, shutting down) may come up:
@@ -45,8 +45,14 @@ fn worth_waiting_for(e: &sqlx::Error) -> bool {
 }
 
 /// Connect, waiting up to `wait` for a database that does not accept connections yet (it may
-/// start after the OMA, e.g. after a reboot). Each failed attempt is logged with its reason.
-pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<MySqlPool, ConnectError> {
+/// start after the OMA, e.g. after a reboot). Each failed attempt is logged with its reason;
+/// `wait_setting` names where `wait` comes from, for the message when it runs out.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    wait: Duration,
+    wait_setting: &'static str,
+) -> Result<MySqlPool, ConnectError> {
     let refused = |e: sqlx::Error| ConnectError::Refused(e.to_string());
     let options: MySqlConnectOptions = url.parse().map_err(refused)?;
     let started = std::time::Instant::now();
@@ -66,7 +72,7 @@ pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<
         };
         let left = wait.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return Err(ConnectError::GaveUp { waited: wait, last: reason });
+            return Err(ConnectError::GaveUp { waited: wait, setting: wait_setting, last: reason });
         }
         warn!("⏳ Waiting for the database at {}: {reason} (giving up in {:.1}s)", redact_url(url), left.as_secs_f64());
         tokio::time::sleep(pause.min(left)).await;

@@ -44,7 +44,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         info!("Starting OMA Migration API server (version {})", env!("CARGO_PKG_VERSION"));
         info!(settings = ?settings, "Configuration");
-        let pool = db::connect(&settings.database_url, settings.db_max_connections, settings.db_wait)
+        let pool = db::connect(&settings.database_url, settings.db_max_connections, settings.db_wait, "OMA_DB_WAIT")
             .await
             .with_context(|| format!("cannot connect to the database at {}", redact_url(&settings.database_url)))?;
         info!("Database connection established ({})", redact_url(&settings.database_url));

@@ -122,7 +122,7 @@ async fn run_cli(world: &mut OmaWorld, args: String) {
     let bin = oma_acceptance::oma_process::target_dir().join("job-recovery");
     let out = tokio::process::Command::new(bin)
         .args(world.expand(&args).split_whitespace())
-        .env("OMA_DATABASE_URL", &world.lab().db().url)
+        .env("OMA_DATABASE_URL", world.database_url())
         .env("VMA_API_URL", world.lab().sim().vma_url())
         .output()
         .await
@@ -134,11 +134,9 @@ async fn run_cli(world: &mut OmaWorld, args: String) {
 #[when(regex = r#"^I run "oma-api ([^"]*)"$"#)]
 async fn run_oma_api(world: &mut OmaWorld, args: String) {
     let bin = oma_acceptance::oma_process::oma_api_binary().await.expect("oma-api");
-    // The scenario's database address (a closed gate, when it says so).
-    let database_url = world.config.as_ref().map_or_else(|| world.lab().db().url.clone(), |c| c.database_url.clone());
     let run = tokio::process::Command::new(bin)
         .args(args.split_whitespace())
-        .env("OMA_DATABASE_URL", database_url)
+        .env("OMA_DATABASE_URL", world.database_url())
         .env("OMA_LISTEN", "127.0.0.1:0")
         .kill_on_drop(true)
         .output();

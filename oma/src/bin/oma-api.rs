@@ -47,7 +47,7 @@ async fn main() {
 }
 
 async fn migrate(settings: &oma::config::Settings) -> anyhow::Result<()> {
-    let pool = oma::db::connect(&settings.database_url, 2, settings.db_wait).await.map_err(|e| {
+    let pool = oma::db::connect(&settings.database_url, 2, settings.db_wait, "OMA_DB_WAIT").await.map_err(|e| {
         anyhow::anyhow!("cannot connect to the database at {}: {e}", oma::config::redact_url(&settings.database_url))
     })?;
     oma::db::migrate(&pool).await?;
