@@ -114,3 +114,27 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
       | the VMA is unreachable by reset               |
       | the VMA is unreachable by hang_after_headers  |
       | the VMA answers every request with status 502 |
+
+  Scenario: With the database down, the API answers 503 naming the cause, and promptly
+    Given the OMA reaches its database through a gate
+    And an API request waits up to 1000 ms for the database
+    And the OMA API is running
+    And a replication job was started through the API
+    When the database goes away
+    And I GET "/health"
+    Then the response status is 503
+    And the response field "database" is "unreachable"
+    And the response field "reason" contains "Connection refused"
+    When I GET "/api/v1/replications/{job}"
+    Then the response status is 503
+    And the response field "error" is "Database unavailable"
+    And the response field "details" contains "Connection refused"
+    And the response field "details" contains "OMA_API_DB_TIMEOUT"
+    And the answer came within 3 seconds
+    And the logs show "database unavailable"
+    When I GET "/api/v1/job-recovery/status"
+    Then the response status is 503
+    When the database comes back
+    And I GET "/api/v1/replications/{job}"
+    Then the response status is 200
+    And the response field "status" is "replicating"

@@ -34,6 +34,8 @@ pub struct OmaWorld {
     pub oma_started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub config: Option<OmaConfig>,
     pub response: Option<(u16, serde_json::Value)>,
+    /// How long the last API request took to answer.
+    pub response_took: Option<std::time::Duration>,
     pub command: Option<(i32, String)>,
     pub vm_counter: usize,
     /// A transaction of the harness holding row locks the OMA needs (a database stall).
@@ -60,6 +62,7 @@ impl OmaWorld {
             oma_started_at: None,
             config: None,
             response: None,
+            response_took: None,
             command: None,
             vm_counter: 0,
             held_lock: None,

@@ -1,19 +1,23 @@
 //! HTTP API (SPEC §4.6). Handlers are thin: they parse, call a service, and map errors to
 //! `{"error","details","timestamp"}` responses. 500s stay opaque; causes are logged here once.
 //! Work that writes runs detached from the request, so a caller hanging up cannot cut it short.
+//! With the database out of reach, requests answer 503 "Database unavailable" naming why; reads
+//! give up after `OMA_API_DB_TIMEOUT` instead of waiting out the pool.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::db;
 use crate::domain::FailureClass;
@@ -33,32 +37,75 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let budget = || from_fn_with_state(state.clone(), within_db_budget);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/replications", post(create))
-        .route("/api/v1/replications/{id}", get(get_replication))
+        .route("/api/v1/replications/{id}", get(get_replication.layer(budget())))
         .route("/api/v1/progress/{job_id}", get(progress_proxy))
-        .route("/api/v1/vm-contexts/{context_id}", get(get_context))
-        .route("/api/v1/vm-contexts/{context_id}/recent-jobs", get(recent_jobs))
-        .route("/api/v1/job-recovery/status", get(recovery_status))
+        .route("/api/v1/vm-contexts/{context_id}", get(get_context.layer(budget())))
+        .route("/api/v1/vm-contexts/{context_id}/recent-jobs", get(recent_jobs.layer(budget())))
+        .route("/api/v1/job-recovery/status", get(recovery_status.layer(budget())))
         .route("/api/v1/job-recovery/trigger", post(recovery_trigger))
         .route("/api/v1/vma-polling/status", get(polling_status))
-        .route("/api/v1/vma-polling/jobs/{job_id}", get(polling_job).delete(stop_polling_job))
+        .route("/api/v1/vma-polling/jobs/{job_id}", get(polling_job.layer(budget())).delete(stop_polling_job))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
+        .layer(from_fn_with_state(state.clone(), explain_unavailable_database))
         .with_state(state)
 }
+
+/// How long a fresh connection attempt may take to say why the database is out of reach.
+const DIAGNOSIS_BUDGET: Duration = Duration::from_secs(1);
+
+/// A read gives up on the database after `OMA_API_DB_TIMEOUT` (the pool alone would wait 10 s
+/// for a connection to a database that refuses them). Reads only: nothing is left half-written.
+async fn within_db_budget(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let budget = state.shared.settings.api_db_timeout;
+    match tokio::time::timeout(budget, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::database_unavailable(format!(
+            "no answer from the database within {} (OMA_API_DB_TIMEOUT)",
+            humantime::format_duration(budget)
+        ))
+        .into_response(),
+    }
+}
+
+/// A 503 for the database gets the reason a fresh connection attempt gives, and one log line.
+async fn explain_unavailable_database(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    let Some(DatabaseUnavailable(details)) = response.extensions().get::<DatabaseUnavailable>().cloned() else {
+        return response;
+    };
+    let why = db::why_out_of_reach(&state.shared.pool, DIAGNOSIS_BUDGET).await;
+    warn!("⚠️ {method} {path}: database unavailable: {details}; {why}");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable", format!("{details}; {why}")).into_response()
+}
+
+/// Marks a response as a 503 for the database, for `explain_unavailable_database`.
+#[derive(Clone)]
+struct DatabaseUnavailable(String);
 
 /// An error response: `{"error","details","timestamp"}`.
 pub struct ApiError {
     status: StatusCode,
     error: String,
     details: String,
+    database_unavailable: bool,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &str, details: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.to_string(), details: details.into() }
+        ApiError { status, error: error.to_string(), details: details.into(), database_unavailable: false }
+    }
+
+    fn database_unavailable(details: String) -> ApiError {
+        ApiError {
+            database_unavailable: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Database unavailable", details)
+        }
     }
 
     fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
@@ -70,7 +117,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "details": self.details, "timestamp": Utc::now().to_rfc3339()});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.database_unavailable {
+            response.extensions_mut().insert(DatabaseUnavailable(self.details));
+        }
+        response
     }
 }
 
@@ -85,7 +136,11 @@ async fn detached<T: Send + 'static>(
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::internal("database error", e)
+        if db::out_of_reach(&e) {
+            ApiError::database_unavailable(e.to_string())
+        } else {
+            ApiError::internal("database error", e)
+        }
     }
 }
 
@@ -94,15 +149,17 @@ async fn health(State(state): State<AppState>) -> Response {
     let recovery_json = json!({"state": recovery.state, "last_run": recovery.last_run});
     drop(recovery);
     let ping = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.shared.pool)).await;
-    let (code, status, database, reason) = match ping {
-        Ok(Ok(_)) => (StatusCode::OK, "healthy", "connected", None),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unreachable", Some(e.to_string())),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unhealthy",
-            "unreachable",
-            Some("database ping timed out after 2s".into()),
-        ),
+    let failure = match ping {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("database ping timed out after 2s".to_string()),
+    };
+    let (code, status, database, reason) = match failure {
+        None => (StatusCode::OK, "healthy", "connected", None),
+        Some(failure) => {
+            let why = db::why_out_of_reach(&state.shared.pool, DIAGNOSIS_BUDGET).await;
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unreachable", Some(format!("{failure}; {why}")))
+        }
     };
     let mut body = json!({
         "service": "OMA API",

@@ -37,6 +37,8 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// How long a start waits for a database that does not accept connections yet.
     pub db_wait: Duration,
+    /// How long an API request that reads waits for the database before answering 503.
+    pub api_db_timeout: Duration,
 }
 
 impl Settings {
@@ -87,6 +89,7 @@ impl std::fmt::Debug for Settings {
             .field("log_format", &self.log_format)
             .field("instance_id", &self.instance_id)
             .field("db_wait", &humantime::format_duration(self.db_wait).to_string())
+            .field("api_db_timeout", &humantime::format_duration(self.api_db_timeout).to_string())
             .finish()
     }
 }
@@ -153,6 +156,10 @@ pub struct ServeArgs {
     /// OMA, e.g. after a reboot); each failed attempt is logged with its reason
     #[arg(long, env = "OMA_DB_WAIT", default_value = "30s")]
     pub db_wait: String,
+    /// How long an API request that reads waits for the database before it answers 503
+    /// "Database unavailable" with the reason
+    #[arg(long, env = "OMA_API_DB_TIMEOUT", default_value = "5s")]
+    pub api_db_timeout: String,
 }
 
 /// A configuration error that names the variable and the flag.
@@ -292,6 +299,7 @@ impl ServeArgs {
             poll_concurrency: positive("OMA_POLL_CONCURRENCY", "poll-concurrency", &self.poll_concurrency)?,
             db_max_connections: positive("OMA_DB_MAX_CONNECTIONS", "db-max-connections", &self.db_max_connections)?,
             db_wait: duration("OMA_DB_WAIT", "db-wait", &self.db_wait)?,
+            api_db_timeout: duration("OMA_API_DB_TIMEOUT", "api-db-timeout", &self.api_db_timeout)?,
         })
     }
 }

@@ -32,11 +32,12 @@ pub enum ConnectError {
     GaveUp { waited: Duration, setting: &'static str, last: String },
 }
 
-/// A database that is not up yet (refused, reset, no answer, full, shutting down) may come up:
-/// worth waiting for. Anything else is a mistake to report at once.
-fn worth_waiting_for(e: &sqlx::Error) -> bool {
+/// The database is out of reach (refusing, reset, no answer, full, shutting down) rather than
+/// refusing a statement or a login: a start waits for it, and the API answers 503. Anything else
+/// is a mistake to report at once.
+pub fn out_of_reach(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => {
             db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1040 | 1053))
         }
@@ -66,7 +67,7 @@ pub async fn connect(
                 let _ = probe.close().await;
                 break;
             }
-            Ok(Err(e)) if !worth_waiting_for(&e) => return Err(refused(e)),
+            Ok(Err(e)) if !out_of_reach(&e) => return Err(refused(e)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:.1}s", left.as_secs_f64()),
         };
@@ -92,6 +93,20 @@ pub async fn connect(
         .connect_with(options)
         .await
         .map_err(refused)
+}
+
+/// Why the pool's database cannot be reached now, from a connection attempt of its own: the
+/// pool's error says only that it timed out, the attempt says "Connection refused" or the like.
+pub async fn why_out_of_reach(pool: &MySqlPool, budget: Duration) -> String {
+    let options = pool.connect_options();
+    match tokio::time::timeout(budget, MySqlConnection::connect_with(&options)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            "a new connection succeeds, so the database is up but slow to answer".into()
+        }
+        Ok(Err(e)) => format!("a new connection fails: {e}"),
+        Err(_) => format!("a new connection gets no answer within {}", humantime::format_duration(budget)),
+    }
 }
 
 /// Apply the embedded migrations. Idempotent; sqlx serializes concurrent runners with a lock.

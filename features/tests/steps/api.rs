@@ -43,11 +43,20 @@ async fn http(world: &mut OmaWorld, method: String, path: String) {
         "POST" => http.post(url),
         _ => http.delete(url),
     };
+    let sent = std::time::Instant::now();
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
+    world.response_took = Some(sent.elapsed());
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     world.response = Some((status, body));
+}
+
+#[then(regex = r"^the answer came within (\d+) seconds$")]
+async fn answered_within(world: &mut OmaWorld, secs: u64) {
+    let took = world.response_took.expect("a request was made");
+    let (status, body) = response(world);
+    assert!(took.as_secs_f64() <= secs as f64, "the answer took {took:.1?} (over {secs} s): {status} {body}");
 }
 
 /// A caller that gives up: the request is sent, and the connection dropped after `ms` without an
@@ -89,6 +98,14 @@ async fn field_text(world: &mut OmaWorld, path: String, expected: String) {
     let (_, body) = response(world);
     let v = pointer(body, &path);
     assert_eq!(v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()), expected, "{path} in {body}");
+}
+
+#[then(regex = r#"^the response field "([^"]*)" contains "([^"]*)"$"#)]
+async fn field_contains(world: &mut OmaWorld, path: String, expected: String) {
+    let expected = world.expand(&expected);
+    let (_, body) = response(world);
+    let v = pointer(body, &path).as_str().unwrap_or_default();
+    assert!(v.contains(&expected), "{path} does not contain {expected:?} in {body}");
 }
 
 #[then(regex = r#"^the response field "([^"]*)" is (\d+)$"#)]

@@ -94,6 +94,11 @@ async fn vma_timeout(world: &mut OmaWorld, ms: u64) {
     config(world).vma_timeout = Duration::from_millis(ms);
 }
 
+#[given(regex = r"^an API request waits up to (\d+) ms for the database$")]
+async fn api_db_timeout(world: &mut OmaWorld, ms: u64) {
+    config(world).extra_env.push(("OMA_API_DB_TIMEOUT".into(), format!("{ms}ms")));
+}
+
 #[given(regex = r"^the OMA logs in JSON$")]
 async fn json_logs(world: &mut OmaWorld) {
     config(world).log_format = "json";
