@@ -126,3 +126,26 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job's progress is written again within 5 seconds
     And no two polls of the job overlap
     And the job stays "replicating"
+
+  Scenario Outline: A VMA answering garbage (<kind>) never damages the job, and is logged once
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the VMA answers the job with a <kind> body
+    Then the logs show "VMA polling error for job {job}: <reported>: <detail>"
+    And the OMA has failed to poll the job 6 times in a row
+    And the job stays "replicating"
+    And the job's progress is still at least 20%
+    When I GET "/api/v1/vma-polling/jobs/{job}"
+    Then the response field "polled_by_this_instance.last_error" contains "<detail>"
+    When the VMA runs the job at 60%
+    Then the job's progress reaches 60%
+    And the logs show "VMA polling works again for job {job} after"
+    And the logs show "VMA polling error for job {job}" once
+
+    Examples:
+      | kind        | reported       | detail                         |
+      | not_json    | malformed_body | progress body is not JSON      |
+      | truncated   | malformed_body | progress body is not JSON      |
+      | wrong_types | malformed_body | progress body has wrong fields |
+      | oversized   | body_too_large | progress body larger than      |

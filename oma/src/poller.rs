@@ -37,6 +37,8 @@ struct Tracked {
     dispatched_at: Instant,
     next_due: Instant,
     consecutive_errors: u32,
+    /// Polls in a row the VMA gave no usable answer to (logged when it starts and when it ends).
+    unavailable_streak: u32,
     generation: u64,
     last_poll_at: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
@@ -133,6 +135,7 @@ impl Poller {
             dispatched_at: now,
             next_due: first_due,
             consecutive_errors: 0,
+            unavailable_streak: 0,
             generation,
             last_poll_at: None,
             last_success_at: None,
@@ -239,7 +242,9 @@ impl Poller {
             Decision::Keep { reason: KeepReason::Running, progress: Some(progress), progress_changed } => {
                 self.inner.polls_ok.fetch_add(1, Ordering::Relaxed);
                 debug!(job_id = %job_id, percent = progress.percentage, "VMA poll: running");
+                let mut failed_before = 0;
                 let still_tracked = self.update_tracked(&job_id, |t| {
+                    failed_before = std::mem::take(&mut t.unavailable_streak);
                     t.facts.progress_percent = t.facts.progress_percent.max(progress.percentage);
                     t.facts.bytes_transferred = progress.bytes_transferred;
                     t.facts.vma_last_poll_at = Some(now);
@@ -254,6 +259,9 @@ impl Poller {
                     t.last_success_at = Some(now);
                     t.last_result = "running";
                 });
+                if failed_before > 0 {
+                    info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
+                }
                 if still_tracked {
                     let _ = self.inner.writes.send(WriteMsg::Progress(ProgressWrite {
                         job_id: job_id.clone(),
@@ -276,12 +284,23 @@ impl Poller {
                 };
                 debug!(job_id = %job_id, error = %error, "VMA poll: no answer");
                 let result = observation.status_word();
+                let unavailable = matches!(observation, Observation::Unavailable { .. });
+                let mut first_failure = false;
                 self.update_tracked(&job_id, |t| {
+                    if unavailable {
+                        t.unavailable_streak += 1;
+                        first_failure = t.unavailable_streak == 1;
+                    }
                     t.consecutive_errors += 1;
                     t.polls_failed += 1;
                     t.last_result = result;
                     t.last_error = Some(error.clone());
                 });
+                // Once per streak, where the original warned at every poll: the line says what the
+                // VMA answered, and that the job is not failed for it.
+                if first_failure {
+                    warn!("⚠️ VMA polling error for job {job_id}: {error} - the job keeps its state; polling goes on with backoff");
+                }
                 let _ = self.inner.writes.send(WriteMsg::Stat(PollStat {
                     job_id: job_id.clone(),
                     ok: false,

@@ -150,6 +150,28 @@ async fn reached(world: &mut OmaWorld, pct: f64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Waits for the OMA's own count (`/api/v1/vma-polling/jobs/{id}`): the original failed a job
+/// after 5 polling errors in a row.
+#[then(regex = r"^the OMA has failed to poll the job (\d+) times in a row$")]
+async fn failed_polls_in_a_row(world: &mut OmaWorld, n: u64) {
+    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
+    world
+        .lab()
+        .wait_until(&format!("{n} failed polls in a row"), WAIT, || async {
+            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            let errors = body["polled_by_this_instance"]["consecutive_errors"].as_u64().unwrap_or(0);
+            Ok(if errors >= n { Ok(()) } else { Err(format!("{errors} so far: {body}")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^the job's progress is still at least (\d+)%$")]
+async fn progress_kept(world: &mut OmaWorld, pct: f64) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    assert!(row.progress_percent >= pct, "progress went back to {}% (was at least {pct}%)", row.progress_percent);
+}
+
 #[then(regex = r#"^the job is "(\w+)"$"#)]
 async fn job_is(world: &mut OmaWorld, status: String) {
     let id = world.job();

@@ -33,6 +33,15 @@ async fn logs_show(world: &mut OmaWorld, text: String) {
     }
 }
 
+/// Exactly one line: something logged per streak, not per poll.
+#[then(regex = r#"^the logs show "(.*)" once$"#)]
+async fn logs_show_once(world: &mut OmaWorld, text: String) {
+    let needle = world.expand(&text);
+    let hits: Vec<String> =
+        world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(&needle)).collect();
+    assert_eq!(hits.len(), 1, "{needle:?} logged {} times: {hits:#?}", hits.len());
+}
+
 #[then(regex = r#"^the logs do not show "(.*)"$"#)]
 async fn logs_do_not_show(world: &mut OmaWorld, text: String) {
     let needle = world.expand(&text);

@@ -92,6 +92,12 @@ async fn vma_slow(world: &mut OmaWorld, ms: u64) {
     set_job(world, json!({"mode": "slow", "delay": format!("{ms}ms"), "start_percent": 30})).await;
 }
 
+#[given(regex = r"^the VMA answers the job with a (not_json|truncated|wrong_types|oversized) body$")]
+#[when(regex = r"^the VMA answers the job with a (not_json|truncated|wrong_types|oversized) body$")]
+async fn vma_malformed(world: &mut OmaWorld, kind: String) {
+    set_job(world, json!({"mode": "malformed", "kind": kind})).await;
+}
+
 #[given(regex = r"^the VMA is stopped$")]
 #[when(regex = r"^the VMA (?:is stopped|goes down)$")]
 async fn vma_stopped(world: &mut OmaWorld) {
