@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -52,7 +52,46 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vma-polling/jobs/{job_id}", get(polling_job.layer(budget())).delete(stop_polling_job))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
         .layer(from_fn_with_state(state.clone(), explain_unavailable_database))
+        .layer(from_fn(json_errors))
         .with_state(state)
+}
+
+/// The errors axum answers by itself (a query or path that does not parse, a body over the
+/// limit, a method the route does not have) come as plain text or no body at all; they get the
+/// API's JSON error shape too, the text as details, so a client parses every error one way.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let allow = parts.headers.get(header::ALLOW).cloned();
+    let details = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => format!("{method} is not allowed on {path}"),
+        (true, _) => format!("{method} {path}"),
+    };
+    let error = match status {
+        StatusCode::BAD_REQUEST => "Invalid request",
+        StatusCode::NOT_FOUND => "Not found",
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large",
+        other => other.canonical_reason().unwrap_or("Error"),
+    };
+    let mut rebuilt = ApiError::new(status, error, details).into_response();
+    if let Some(allow) = allow {
+        rebuilt.headers_mut().insert(header::ALLOW, allow);
+    }
+    rebuilt
 }
 
 /// How long a fresh connection attempt may take to say why the database is out of reach.

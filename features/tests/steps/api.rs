@@ -34,15 +34,22 @@ async fn health_reports_database_down(world: &mut OmaWorld) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-#[when(regex = r#"^I (GET|POST|DELETE) "([^"]*)"$"#)]
+#[when(regex = r#"^I (GET|POST|PUT|DELETE) "([^"]*)"$"#)]
 async fn http(world: &mut OmaWorld, method: String, path: String) {
     let url = format!("{}{}", world.lab().oma().url(), world.expand(&path));
-    let http = &world.lab().http;
-    let req = match method.as_str() {
-        "GET" => http.get(url),
-        "POST" => http.post(url),
-        _ => http.delete(url),
-    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    send(world, world.lab().http.request(method, url)).await;
+}
+
+#[when(regex = r#"^I POST a JSON body of (\d+) bytes to "([^"]*)"$"#)]
+async fn http_big_body(world: &mut OmaWorld, size: usize, path: String) {
+    let url = format!("{}{}", world.lab().oma().url(), world.expand(&path));
+    let body = format!("\"{}\"", "a".repeat(size.saturating_sub(2)));
+    send(world, world.lab().http.post(url).header("content-type", "application/json").body(body)).await;
+}
+
+/// Send, and keep the status, the body (JSON, else text) and how long the answer took.
+async fn send(world: &mut OmaWorld, req: reqwest::RequestBuilder) {
     let sent = std::time::Instant::now();
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
