@@ -228,3 +228,55 @@ pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow:
         polls_per_second: (polls1 - polls0) as f64 / wall.as_secs_f64(),
     })
 }
+
+#[derive(Debug, Clone)]
+pub struct OutageFigures {
+    pub n: usize,
+    pub outage: Duration,
+    pub rss_before_mib: f64,
+    pub rss_peak_during_mib: f64,
+    pub all_fresh_after_return: Duration,
+}
+
+/// N running jobs polled every `interval`; the database goes away for `outage` (a gate in front
+/// of it cuts every connection and refuses new ones) while the VMA keeps answering. The OMA's
+/// memory meanwhile, and the time from the database's return until every job has a
+/// `vma_last_poll_at` written after it.
+pub async fn outage(n: usize, interval: Duration, outage: Duration) -> anyhow::Result<OutageFigures> {
+    let (mut lab, _) = lab_with_jobs(&format!("bench-outage-{n}"), n, 30.0, 0.5, |_| {
+        Some(json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001}))
+    })
+    .await?;
+    let (mut gate, url) = crate::gate::Gate::in_front_of(&lab.db().url)?;
+    gate.open().await?;
+    let mut config = bench_config(&lab, interval);
+    config.database_url = url;
+    lab.start_oma_with(config).await?;
+    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
+        .await?;
+    let pid = lab.oma().pid().context("oma pid")?;
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
+    };
+    let rss_before = rss();
+    gate.close().await;
+    let t0 = Instant::now();
+    let mut peak = rss_before;
+    while t0.elapsed() < outage {
+        peak = peak.max(rss());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let back_at = oma::db::db_now(lab.pool()).await?;
+    gate.open().await?;
+    let t_back = Instant::now();
+    wait_all_polled_since(&lab, n, back_at, Duration::from_secs(600)).await?;
+    let all_fresh = t_back.elapsed();
+    lab.teardown().await;
+    Ok(OutageFigures {
+        n,
+        outage,
+        rss_before_mib: rss_before as f64 / 1024.0,
+        rss_peak_during_mib: peak as f64 / 1024.0,
+        all_fresh_after_return: all_fresh,
+    })
+}

@@ -18,6 +18,17 @@ impl Gate {
         Gate { port: crate::mariadb::free_port(), target: target.to_string(), forwarder: None }
     }
 
+    /// A closed gate in front of the database of `url` (`mysql://…`), and the same URL through it.
+    pub fn in_front_of(url: &str) -> anyhow::Result<(Gate, String)> {
+        let mut url = reqwest::Url::parse(url).context("a database URL")?;
+        let target =
+            format!("{}:{}", url.host_str().context("a database URL with a host")?, url.port().unwrap_or(3306));
+        let gate = Gate::closed(&target);
+        url.set_host(Some("127.0.0.1")).context("host")?;
+        url.set_port(Some(gate.port())).map_err(|()| anyhow::anyhow!("cannot set the port of {url}"))?;
+        Ok((gate, url.to_string()))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -15,6 +15,8 @@ async fn benchmarks_run_at_a_smoke_size() {
     assert!(resume.all_polled_after_ready > Duration::ZERO);
     let steady = bench::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
     assert!(steady.polls_per_second > 0.0, "{steady:?}");
+    let outage = bench::outage(20, Duration::from_millis(200), Duration::from_secs(1)).await.unwrap();
+    assert!(outage.rss_peak_during_mib > 0.0 && outage.all_fresh_after_return > Duration::ZERO, "{outage:?}");
     let load = loadgen::sim_vs_wiremock(4, Duration::from_millis(500), Placement::SameProcess, 1).await.unwrap();
     assert_eq!(load.len(), 3);
     assert!(load.iter().all(|s| s.rounds.len() == 1 && s.median().requests > 0 && s.median().errors == 0), "{load:?}");

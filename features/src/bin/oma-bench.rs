@@ -17,14 +17,17 @@ struct Cli {
     /// Job counts
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     sizes: Vec<usize>,
-    /// Which measurements: recovery, resume, steady, load
-    #[arg(long, value_delimiter = ',', default_value = "recovery,resume,steady,load")]
+    /// Which measurements: recovery, resume, steady, outage, load
+    #[arg(long, value_delimiter = ',', default_value = "recovery,resume,steady,outage,load")]
     only: Vec<String>,
     /// Steady polling: interval and length of the measurement
     #[arg(long, default_value = "5s")]
     steady_interval: humantime::Duration,
     #[arg(long, default_value = "60s")]
     steady_duration: humantime::Duration,
+    /// Database outage: how long the database is away (polling at --steady-interval)
+    #[arg(long, default_value = "60s")]
+    outage: humantime::Duration,
     /// sim-vma vs wiremock: connections and length
     #[arg(long, default_value_t = 50)]
     connections: usize,
@@ -107,6 +110,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 f.cpu_cores,
                 f.peak_rss_mib,
                 f.polls_per_second
+            );
+        }
+    }
+    if want("outage") {
+        println!("\n### Database outage (polling every {}, database away {})\n", cli.steady_interval, cli.outage);
+        println!("| jobs | OMA RSS before | OMA peak RSS during the outage | database back → every job freshly polled |\n|---:|---:|---:|---:|");
+        for &n in &cli.sizes {
+            let f = bench::outage(n, *cli.steady_interval, *cli.outage).await?;
+            println!(
+                "| {} | {:.1} MiB | {:.1} MiB | {} |",
+                f.n,
+                f.rss_before_mib,
+                f.rss_peak_during_mib,
+                ms(f.all_fresh_after_return)
             );
         }
     }

@@ -38,12 +38,9 @@ async fn database_behind_open_gate(world: &mut OmaWorld) {
 }
 
 fn put_database_behind_gate(world: &mut OmaWorld) {
-    let mut url = reqwest::Url::parse(&world.lab().db().url).expect("the lab's database URL");
-    let target = format!("{}:{}", url.host_str().expect("host"), url.port().unwrap_or(3306));
-    let gate = oma_acceptance::gate::Gate::closed(&target);
-    url.set_host(Some("127.0.0.1")).expect("host");
-    url.set_port(Some(gate.port())).expect("port");
-    config(world).database_url = url.to_string();
+    let (gate, url) =
+        oma_acceptance::gate::Gate::in_front_of(&world.lab().db().url).unwrap_or_else(|e| panic!("{e:#}"));
+    config(world).database_url = url;
     world.db_gate = Some(gate);
 }
 
