@@ -97,6 +97,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the job is polled every interval
     When the database comes back
     Then the job's progress is written again within 5 seconds
+    And the database counts every poll of the job within 3 seconds
     And the API responds to a health check
     And the job stays "replicating"
 

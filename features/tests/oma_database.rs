@@ -392,3 +392,41 @@ async fn many_finalizations_in_parallel_chunks_keep_shared_contexts_right() {
     assert_eq!(unfinished, 0);
     lab.teardown().await;
 }
+
+/// Summed poll statistics (the poller's writer coalesces a job's polls while a write is in flight
+/// or the database is away): every poll counted, the error streak carried across writes, the
+/// newest error kept, and rows of another owner left alone.
+#[tokio::test]
+async fn summed_poll_statistics_count_every_poll() {
+    use oma::db::{polling_state, write_poll_stats, PollStats};
+    let lab = Lab::new("poll-stats").await.unwrap();
+    lab.seed_job(&SeedJob::replicating("job-stats", 40.0, 1.0)).await.unwrap();
+    let pool = lab.pool();
+    let ids = vec!["job-stats".to_string()];
+    oma::db::claim_polling_many(pool, &ids, "oma-a", Duration::from_secs(60)).await.unwrap();
+    let stats = |errors: &[Option<&str>]| {
+        let mut s = PollStats::one("job-stats".into(), errors[0].map(str::to_string));
+        for e in &errors[1..] {
+            s.record(e.map(str::to_string));
+        }
+        s
+    };
+    // Three failures, then a success and two failures: 6 polls, 5 failed, 2 in a row now.
+    write_poll_stats(pool, "oma-a", &[stats(&[Some("a"), Some("b"), Some("c")])]).await.unwrap();
+    write_poll_stats(pool, "oma-a", &[stats(&[None, Some("d"), Some("e")])]).await.unwrap();
+    let row = polling_state(pool, "job-stats").await.unwrap().unwrap();
+    assert_eq!((row.polls_total, row.polls_failed, row.consecutive_errors), (6, 5, 2), "{row:?}");
+    assert_eq!(row.last_error_message.as_deref(), Some("e"));
+    assert!(row.last_success_at.is_some());
+    // Failures only: the streak goes on from 2; a success afterwards keeps the last error text.
+    write_poll_stats(pool, "oma-a", &[stats(&[Some("f"), Some("g")])]).await.unwrap();
+    write_poll_stats(pool, "oma-a", &[stats(&[None])]).await.unwrap();
+    let row = polling_state(pool, "job-stats").await.unwrap().unwrap();
+    assert_eq!((row.polls_total, row.polls_failed, row.consecutive_errors), (9, 7, 0), "{row:?}");
+    assert_eq!(row.last_error_message.as_deref(), Some("g"));
+    // Another owner's write changes nothing.
+    write_poll_stats(pool, "oma-b", &[stats(&[Some("x")])]).await.unwrap();
+    let after = polling_state(pool, "job-stats").await.unwrap().unwrap();
+    assert_eq!((after.polls_total, after.last_error_message.as_deref()), (9, Some("g")));
+    lab.teardown().await;
+}

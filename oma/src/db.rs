@@ -20,7 +20,8 @@ use crate::vma_client::VmaProgress;
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Rows per multi-row statement.
-const BATCH_ROWS: usize = 500;
+/// Most rows in one multi-row statement.
+pub const BATCH_ROWS: usize = 500;
 
 /// Why a start gave up on the database.
 #[derive(Debug, thiserror::Error)]
@@ -358,34 +359,87 @@ pub async fn write_progress_batch(pool: &MySqlPool, writes: &[ProgressWrite]) ->
     Ok(matched)
 }
 
-/// One poll's outcome for `vma_polling_state` statistics.
-#[derive(Debug, Clone)]
-pub struct PollStat {
+/// Polls of one job since its statistics were last written (`vma_polling_state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollStats {
     pub job_id: String,
-    pub ok: bool,
-    pub error: Option<String>,
+    pub polls: u32,
+    pub failed: u32,
+    /// Failed polls after the last successful one (all of them when none succeeded).
+    pub trailing_failures: u32,
+    pub any_ok: bool,
+    /// The newest failed poll's error.
+    pub last_error: Option<String>,
 }
 
-pub async fn write_poll_stats_batch(pool: &MySqlPool, owner: &str, stats: &[PollStat]) -> Result<(), sqlx::Error> {
-    for chunk in stats.chunks(BATCH_ROWS) {
-        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state p JOIN (");
-        for (i, s) in chunk.iter().enumerate() {
-            qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
-            qb.push_bind(s.job_id.clone()).push(" AS id, ");
-            qb.push_bind(s.ok).push(" AS ok, ");
-            qb.push_bind(s.error.clone()).push(" AS err");
-        }
-        qb.push(
-            ") v ON p.job_id = v.id SET p.last_poll_at = NOW(3), p.polls_total = p.polls_total + 1, \
-             p.polls_failed = p.polls_failed + IF(v.ok, 0, 1), \
-             p.consecutive_errors = IF(v.ok, 0, p.consecutive_errors + 1), \
-             p.last_success_at = IF(v.ok, NOW(3), p.last_success_at), \
-             p.last_error_message = IF(v.ok, p.last_error_message, v.err) \
-             WHERE p.owner_instance = ",
-        );
-        qb.push_bind(owner.to_string());
-        qb.build().execute(pool).await?;
+impl PollStats {
+    /// One poll; `error` is `None` when it succeeded.
+    pub fn one(job_id: String, error: Option<String>) -> PollStats {
+        let mut stats =
+            PollStats { job_id, polls: 0, failed: 0, trailing_failures: 0, any_ok: false, last_error: None };
+        stats.record(error);
+        stats
     }
+
+    /// One more poll after these.
+    pub fn record(&mut self, error: Option<String>) {
+        self.polls += 1;
+        match error {
+            None => {
+                self.any_ok = true;
+                self.trailing_failures = 0;
+            }
+            Some(e) => {
+                self.failed += 1;
+                self.trailing_failures += 1;
+                self.last_error = Some(e);
+            }
+        }
+    }
+
+    /// These polls followed by `newer` ones of the same job.
+    pub fn then(self, newer: PollStats) -> PollStats {
+        PollStats {
+            job_id: self.job_id,
+            polls: self.polls + newer.polls,
+            failed: self.failed + newer.failed,
+            trailing_failures: if newer.any_ok {
+                newer.trailing_failures
+            } else {
+                self.trailing_failures + newer.trailing_failures
+            },
+            any_ok: self.any_ok || newer.any_ok,
+            last_error: newer.last_error.or(self.last_error),
+        }
+    }
+}
+
+/// Add polls to the statistics of jobs `owner` polls, in one statement (at most `BATCH_ROWS` rows,
+/// one per job): either all of them are counted or none.
+pub async fn write_poll_stats(pool: &MySqlPool, owner: &str, stats: &[PollStats]) -> Result<(), sqlx::Error> {
+    if stats.is_empty() {
+        return Ok(());
+    }
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state p JOIN (");
+    for (i, s) in stats.iter().enumerate() {
+        qb.push(if i == 0 { "SELECT " } else { " UNION ALL SELECT " });
+        qb.push_bind(s.job_id.clone()).push(" AS id, ");
+        qb.push_bind(s.polls).push(" AS polls, ");
+        qb.push_bind(s.failed).push(" AS failed, ");
+        qb.push_bind(s.trailing_failures).push(" AS trail, ");
+        qb.push_bind(s.any_ok).push(" AS any_ok, ");
+        qb.push_bind(s.last_error.clone()).push(" AS err");
+    }
+    qb.push(
+        ") v ON p.job_id = v.id SET p.last_poll_at = NOW(3), p.polls_total = p.polls_total + v.polls, \
+         p.polls_failed = p.polls_failed + v.failed, \
+         p.consecutive_errors = IF(v.any_ok, v.trail, p.consecutive_errors + v.trail), \
+         p.last_success_at = IF(v.any_ok, NOW(3), p.last_success_at), \
+         p.last_error_message = COALESCE(v.err, p.last_error_message) \
+         WHERE p.owner_instance = ",
+    );
+    qb.push_bind(owner.to_string());
+    qb.build().execute(pool).await?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod health_monitor;
 pub mod metrics;
+mod poll_writes;
 pub mod poller;
 pub mod reconcile;
 pub mod recovery;

@@ -16,13 +16,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::apply::{finalize, Caller, Outcome};
-use crate::db::{self, PollStat, ProgressWrite, UnfinishedJob};
+use crate::db::{self, ProgressWrite, UnfinishedJob};
+use crate::poll_writes::{write_loop, WriteMsg};
 use crate::reconcile::{decide, Decision, JobFacts, KeepReason};
 use crate::shared::{every, Shared};
 use crate::vma_client::{LookupKey, Observation};
-
-/// Flush batched writes at least this often.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
 /// At shutdown, how long each last database write may take before it is given up: a stalled
 /// database must not hold up the exit (what is not written is polled again after the restart).
@@ -46,13 +44,6 @@ struct Tracked {
     polls_failed: u64,
     last_result: &'static str,
     last_error: Option<String>,
-}
-
-enum WriteMsg {
-    Progress(ProgressWrite),
-    Stat(PollStat),
-    /// Flush what is buffered and stop (shutdown).
-    Close,
 }
 
 struct Inner {
@@ -268,11 +259,7 @@ impl Poller {
                         progress: progress.clone(),
                         progress_changed: *progress_changed,
                     }));
-                    let _ = self.inner.writes.send(WriteMsg::Stat(PollStat {
-                        job_id: job_id.clone(),
-                        ok: true,
-                        error: None,
-                    }));
+                    let _ = self.inner.writes.send(WriteMsg::Polled { job_id: job_id.clone(), error: None });
                 }
                 self.finish(&job_id, true);
             }
@@ -301,11 +288,7 @@ impl Poller {
                 if first_failure {
                     warn!("⚠️ VMA polling error for job {job_id}: {error} - the job keeps its state; polling goes on with backoff");
                 }
-                let _ = self.inner.writes.send(WriteMsg::Stat(PollStat {
-                    job_id: job_id.clone(),
-                    ok: false,
-                    error: Some(error),
-                }));
+                let _ = self.inner.writes.send(WriteMsg::Polled { job_id: job_id.clone(), error: Some(error) });
                 self.finish(&job_id, false);
             }
             final_decision => {
@@ -465,47 +448,6 @@ fn status_of(job_id: &str, t: &Tracked, now: DateTime<Utc>) -> PolledJobStatus {
             LookupKey::JobId => job_id.to_string(),
         }),
         job_age_seconds: t.facts.polling_started_at.map(|s| (now - s).num_seconds()),
-    }
-}
-
-/// Batch successful polls into multi-row statements.
-async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteMsg>) {
-    let mut progress: Vec<ProgressWrite> = Vec::new();
-    let mut stats: Vec<PollStat> = Vec::new();
-    let mut buffer = Vec::with_capacity(1024);
-    loop {
-        let mut open = tokio::select! {
-            n = rx.recv_many(&mut buffer, 1024) => n > 0,
-            _ = tokio::time::sleep(FLUSH_EVERY), if !progress.is_empty() || !stats.is_empty() => true,
-        };
-        for msg in buffer.drain(..) {
-            match msg {
-                WriteMsg::Close => open = false,
-                WriteMsg::Progress(p) => {
-                    // Keep only the newest write per job in one batch.
-                    progress.retain(|w| w.job_id != p.job_id);
-                    progress.push(p);
-                }
-                WriteMsg::Stat(s) => stats.push(s),
-            }
-        }
-        if !open || progress.len() + stats.len() >= 500 || rx.is_empty() {
-            if !progress.is_empty() {
-                if let Err(e) = db::write_progress_batch(&shared.pool, &progress).await {
-                    warn!("⚠️ Failed to write VMA progress for {} jobs: {e}", progress.len());
-                }
-                progress.clear();
-            }
-            if !stats.is_empty() {
-                if let Err(e) = db::write_poll_stats_batch(&shared.pool, &shared.instance_id, &stats).await {
-                    warn!("⚠️ Failed to write polling state for {} jobs: {e}", stats.len());
-                }
-                stats.clear();
-            }
-        }
-        if !open {
-            break;
-        }
     }
 }
 

@@ -350,6 +350,28 @@ async fn written_again(world: &mut OmaWorld, secs: u64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// `vma_polling_state.polls_total` catches up with the polls the OMA made (its API's in-memory
+/// count; one poll may be between the VMA's answer and its write), those made while the database
+/// was away included: a write that failed is kept, not dropped, and polls are summed, not counted
+/// once per statement.
+#[then(regex = r"^the database counts every poll of the job within (\d+) seconds?$")]
+async fn every_poll_counted(world: &mut OmaWorld, secs: u64) {
+    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
+    world
+        .lab()
+        .wait_until("the stored poll count to match the OMA's", Duration::from_secs(secs), || async {
+            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            let made = body["polled_by_this_instance"]["polls_total"].as_i64();
+            let stored = body["persisted_state"]["polls_total"].as_i64();
+            Ok(match (made, stored) {
+                (Some(m), Some(s)) if m >= 8 && (m - 1..=m).contains(&s) => Ok(()),
+                _ => Err(format!("made {made:?}, stored {stored:?}")),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[then(regex = r"^vma_last_poll_at updates every poll interval$")]
 async fn last_poll_updates(world: &mut OmaWorld) {
     let id = world.job();
