@@ -28,7 +28,36 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/sim/v1/scenario", post(load_scenario))
         .route("/sim/v1/replicate-defaults", put(put_replicate_defaults))
         .fallback(|| async { bad(StatusCode::NOT_FOUND, "no such control endpoint; see sim-vma/README.md", None) })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Errors axum answers itself (a query that does not parse, a method the endpoint lacks) get the
+/// control API's `{"error", "field"}` shape too, so a script reads every refusal the same way.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let message = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => format!("{method} is not allowed on {path}"),
+        (true, _) => format!("{method} {path}: {status}"),
+    };
+    let mut rebuilt = bad(status, message, None);
+    if let Some(allow) = parts.headers.get(axum::http::header::ALLOW) {
+        rebuilt.headers_mut().insert(axum::http::header::ALLOW, allow.clone());
+    }
+    rebuilt
 }
 
 fn bad(status: StatusCode, message: impl Into<String>, field: Option<String>) -> Response {

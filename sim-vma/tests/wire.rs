@@ -395,6 +395,15 @@ async fn bad_control_input_is_a_400_naming_the_field() {
     let resp = http.post(format!("{}/sim/v1/scenario", sim.control_url())).body("name = \n").send().await.unwrap();
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("line 1"));
+    // Refusals axum makes itself have the same JSON shape.
+    let resp = http.post(format!("{}/sim/v1/jobs", sim.control_url())).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "POST is not allowed on /sim/v1/jobs", "{body}");
+    let resp = http.get(format!("{}/sim/v1/journal?limit=many", sim.control_url())).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
     // Still alive.
     assert_eq!(control.health().await.unwrap()["status"], "ok");
 }
