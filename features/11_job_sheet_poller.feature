@@ -39,6 +39,14 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And no two polls of the job overlap
     And the job is polled every interval
 
+  Scenario: The health monitor names ten orphaned jobs a round and counts the rest
+    Given the OMA API is running
+    When 25 jobs no poller owns appear at once
+    Then the logs show "Found 15 more jobs not being polled - restarting them"
+    And every one of them is polled again within 5 seconds
+    And the logs show "Found job not being polled - restarting" 10 times
+    And the logs show "NOT being polled (orphaned) - investigating" 10 times
+
   @regression
   Scenario: Defect 5 and 15 - the health monitor rescues a job that was never polled
     Given the OMA API is running

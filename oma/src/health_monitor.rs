@@ -14,6 +14,10 @@ use crate::poller::Poller;
 use crate::reconcile::minutes_since;
 use crate::shared::{every, Shared};
 
+/// Jobs named one line each per round and kind (slow, orphaned); the rest are counted in one line,
+/// so thousands of jobs (a takeover, a VMA outage) do not flood the log every round.
+pub const NAMED_PER_ROUND: usize = 10;
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct HealthTick {
     pub checked: usize,
@@ -52,21 +56,34 @@ impl HealthMonitor {
             if self.poller.is_polling(&job.id) {
                 if stale {
                     tick.slow_but_polled += 1;
-                    info!("✅ Health monitor: Job {} is being polled (polling may be slow)", job.id);
+                    if tick.slow_but_polled <= NAMED_PER_ROUND {
+                        info!("✅ Health monitor: Job {} is being polled (polling may be slow)", job.id);
+                    }
                 }
                 continue;
             }
             if job.owned_elsewhere(&shared.instance_id) {
                 continue;
             }
-            warn!(
-                job_id = %job.id,
-                age_minutes = format!("{:.1}", minutes_since(now, job.updated_at)),
-                never_polled = job.vma_last_poll_at.is_none(),
-                "Found job not being polled - restarting"
-            );
-            info!("🚨 Health monitor: Job {} NOT being polled (orphaned) - investigating", job.id);
+            if orphans.len() < NAMED_PER_ROUND {
+                warn!(
+                    job_id = %job.id,
+                    age_minutes = format!("{:.1}", minutes_since(now, job.updated_at)),
+                    never_polled = job.vma_last_poll_at.is_none(),
+                    "Found job not being polled - restarting"
+                );
+                info!("🚨 Health monitor: Job {} NOT being polled (orphaned) - investigating", job.id);
+            }
             orphans.push(job);
+        }
+        if tick.slow_but_polled > NAMED_PER_ROUND {
+            info!(
+                "✅ Health monitor: {} more jobs are being polled (polling may be slow)",
+                tick.slow_but_polled - NAMED_PER_ROUND
+            );
+        }
+        if orphans.len() > NAMED_PER_ROUND {
+            warn!("Found {} more jobs not being polled - restarting them", orphans.len() - NAMED_PER_ROUND);
         }
         db::attach_export_names(&shared.pool, &mut orphans).await?;
         tick.orphaned = orphans.len();

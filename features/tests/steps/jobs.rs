@@ -460,6 +460,39 @@ async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
     }
 }
 
+/// N unfinished jobs no poller owns, running on the VMA, inserted in one statement so that one
+/// health-monitor round finds them all (aliases `orphan-0`…).
+#[when(regex = r"^(\d+) jobs no poller owns appear at once$")]
+async fn orphans_at_once(world: &mut OmaWorld, n: usize) {
+    let ids: Vec<String> = (0..n).map(|_| next_job_id(world)).collect();
+    // The VMA knows them (by job id) before the database does.
+    for (i, id) in ids.iter().enumerate() {
+        world.lab().vma_job(id, &[], json!({"mode": "running", "start_percent": 30})).await.expect("sim");
+        world.jobs.insert(format!("orphan-{i}"), id.clone());
+    }
+    oma_acceptance::lab::seed_jobs_bulk(world.lab().pool(), &ids, 30.0, 0.2).await.unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[then(regex = r"^every one of them is polled again within (\d+) seconds$")]
+async fn orphans_polled(world: &mut OmaWorld, secs: u64) {
+    let ids: Vec<String> =
+        world.jobs.iter().filter(|(a, _)| a.starts_with("orphan-")).map(|(_, id)| id.clone()).collect();
+    let since = Utc::now() - chrono::Duration::seconds(5);
+    world
+        .lab()
+        .wait_until("every orphan to be polled", Duration::from_secs(secs), || async {
+            let mut waiting = Vec::new();
+            for id in &ids {
+                if world.lab().job(id).await?.vma_last_poll_at.is_none_or(|t| t < since) {
+                    waiting.push(id.clone());
+                }
+            }
+            Ok(if waiting.is_empty() { Ok(()) } else { Err(format!("not yet polled: {waiting:?}")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[then(regex = r"^every completed job is finalized exactly once$")]
 async fn finalized_once(world: &mut OmaWorld) {
     let completed: Vec<String> =

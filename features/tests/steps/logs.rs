@@ -42,6 +42,14 @@ async fn logs_show_once(world: &mut OmaWorld, text: String) {
     assert_eq!(hits.len(), 1, "{needle:?} logged {} times: {hits:#?}", hits.len());
 }
 
+#[then(regex = r#"^the logs show "(.*)" (\d+) times$"#)]
+async fn logs_show_times(world: &mut OmaWorld, text: String, times: usize) {
+    let needle = world.expand(&text);
+    let hits: Vec<String> =
+        world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(&needle)).collect();
+    assert_eq!(hits.len(), times, "{needle:?} logged {} times: {hits:#?}", hits.len());
+}
+
 #[then(regex = r#"^the logs do not show "(.*)"$"#)]
 async fn logs_do_not_show(world: &mut OmaWorld, text: String) {
     let needle = world.expand(&text);
