@@ -404,6 +404,7 @@ async fn summed_poll_statistics_count_every_poll() {
     let pool = lab.pool();
     let ids = vec!["job-stats".to_string()];
     oma::db::claim_polling_many(pool, &ids, "oma-a", Duration::from_secs(60)).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
     let stats = |errors: &[Option<&str>]| {
         let mut s = PollStats::one("job-stats".into(), errors[0].map(str::to_string));
         for e in &errors[1..] {
@@ -412,20 +413,20 @@ async fn summed_poll_statistics_count_every_poll() {
         s
     };
     // Three failures, then a success and two failures: 6 polls, 5 failed, 2 in a row now.
-    write_poll_stats(pool, "oma-a", &[stats(&[Some("a"), Some("b"), Some("c")])]).await.unwrap();
-    write_poll_stats(pool, "oma-a", &[stats(&[None, Some("d"), Some("e")])]).await.unwrap();
+    write_poll_stats(&mut conn, "oma-a", &[stats(&[Some("a"), Some("b"), Some("c")])]).await.unwrap();
+    write_poll_stats(&mut conn, "oma-a", &[stats(&[None, Some("d"), Some("e")])]).await.unwrap();
     let row = polling_state(pool, "job-stats").await.unwrap().unwrap();
     assert_eq!((row.polls_total, row.polls_failed, row.consecutive_errors), (6, 5, 2), "{row:?}");
     assert_eq!(row.last_error_message.as_deref(), Some("e"));
     assert!(row.last_success_at.is_some());
     // Failures only: the streak goes on from 2; a success afterwards keeps the last error text.
-    write_poll_stats(pool, "oma-a", &[stats(&[Some("f"), Some("g")])]).await.unwrap();
-    write_poll_stats(pool, "oma-a", &[stats(&[None])]).await.unwrap();
+    write_poll_stats(&mut conn, "oma-a", &[stats(&[Some("f"), Some("g")])]).await.unwrap();
+    write_poll_stats(&mut conn, "oma-a", &[stats(&[None])]).await.unwrap();
     let row = polling_state(pool, "job-stats").await.unwrap().unwrap();
     assert_eq!((row.polls_total, row.polls_failed, row.consecutive_errors), (9, 7, 0), "{row:?}");
     assert_eq!(row.last_error_message.as_deref(), Some("g"));
     // Another owner's write changes nothing.
-    write_poll_stats(pool, "oma-b", &[stats(&[Some("x")])]).await.unwrap();
+    write_poll_stats(&mut conn, "oma-b", &[stats(&[Some("x")])]).await.unwrap();
     let after = polling_state(pool, "job-stats").await.unwrap().unwrap();
     assert_eq!((after.polls_total, after.last_error_message.as_deref()), (9, Some("g")));
     lab.teardown().await;

@@ -320,7 +320,7 @@ async fn apply_keeps(
         ));
     }
     let written = async {
-        db::write_progress_batch(&shared.pool, &writes).await?;
+        db::write_progress_batch(&mut *shared.pool.acquire().await?, &writes).await?;
         db::record_marks(&shared.pool, &marks).await
     }
     .await;

@@ -321,7 +321,7 @@ pub struct ProgressWrite {
 }
 
 /// Write many polls in multi-row statements; rows of jobs that are no longer active are skipped.
-pub async fn write_progress_batch(pool: &MySqlPool, writes: &[ProgressWrite]) -> Result<u64, sqlx::Error> {
+pub async fn write_progress_batch(conn: &mut MySqlConnection, writes: &[ProgressWrite]) -> Result<u64, sqlx::Error> {
     let mut matched = 0;
     for chunk in writes.chunks(BATCH_ROWS) {
         let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE replication_jobs j JOIN (");
@@ -354,7 +354,7 @@ pub async fn write_progress_batch(pool: &MySqlPool, writes: &[ProgressWrite]) ->
              WHERE j.status IN ({})",
             active_status_sql_list()
         ));
-        matched += qb.build().execute(pool).await?.rows_affected();
+        matched += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     Ok(matched)
 }
@@ -416,7 +416,7 @@ impl PollStats {
 
 /// Add polls to the statistics of jobs `owner` polls, in one statement (at most `BATCH_ROWS` rows,
 /// one per job): either all of them are counted or none.
-pub async fn write_poll_stats(pool: &MySqlPool, owner: &str, stats: &[PollStats]) -> Result<(), sqlx::Error> {
+pub async fn write_poll_stats(conn: &mut MySqlConnection, owner: &str, stats: &[PollStats]) -> Result<(), sqlx::Error> {
     if stats.is_empty() {
         return Ok(());
     }
@@ -439,7 +439,7 @@ pub async fn write_poll_stats(pool: &MySqlPool, owner: &str, stats: &[PollStats]
          WHERE p.owner_instance = ",
     );
     qb.push_bind(owner.to_string());
-    qb.build().execute(pool).await?;
+    qb.build().execute(conn).await?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -17,6 +18,15 @@ use crate::shared::Shared;
 
 /// Start a write before the channel is drained once this many jobs are pending.
 const START_AT_JOBS: usize = 500;
+
+/// After a failed write, the next one starts no sooner than this (a database that fails at once
+/// must not be asked in a busy loop).
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long one write waits for a connection. The pool alone would wait its 10 s acquire timeout,
+/// retrying a refused connect with a backoff that grows to 2 s, so the first write after the
+/// database returns could start up to 2 s late; a fresh acquire every second keeps that gap short.
+const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) enum WriteMsg {
     /// A successful poll's progress.
@@ -86,15 +96,22 @@ async fn write(shared: Arc<Shared>, pending: Pending) -> Result<(), Unwritten> {
     let jobs = pending.jobs();
     let progress: Vec<ProgressWrite> = pending.progress.into_values().collect();
     let mut stats: Vec<PollStats> = pending.stats.into_values().collect();
+    // A connection is waited for at most ACQUIRE_WAIT, then the write is retried with what came in
+    // meanwhile (nothing was sent, so nothing can be counted twice).
+    let mut conn = match tokio::time::timeout(ACQUIRE_WAIT, shared.pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return Err(Unwritten { progress, stats, jobs, error }),
+        Err(_) => return Err(Unwritten { progress, stats, jobs, error: sqlx::Error::PoolTimedOut }),
+    };
     // Progress rows are idempotent: on failure all of them are kept. Statistics are sums: only the
     // statements that failed are kept, or polls would be counted twice.
-    if let Err(error) = db::write_progress_batch(&shared.pool, &progress).await {
+    if let Err(error) = db::write_progress_batch(&mut conn, &progress).await {
         return Err(Unwritten { progress, stats, jobs, error });
     }
     let mut written = 0;
     while written < stats.len() {
         let chunk = &stats[written..(written + db::BATCH_ROWS).min(stats.len())];
-        if let Err(error) = db::write_poll_stats(&shared.pool, &shared.instance_id, chunk).await {
+        if let Err(error) = db::write_poll_stats(&mut conn, &shared.instance_id, chunk).await {
             stats.drain(..written);
             return Err(Unwritten { progress: Vec::new(), stats, jobs, error });
         }
@@ -120,10 +137,16 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
     let mut open = true;
     let mut last_write_started = false;
     let mut failed_writes = 0u32;
+    let mut retry_at = tokio::time::Instant::now();
     loop {
+        let paused = open && tokio::time::Instant::now() < retry_at;
         if in_flight.is_empty() {
             let start = !pending.is_empty()
-                && if open { rx.is_empty() || pending.jobs() >= START_AT_JOBS } else { !last_write_started };
+                && if open {
+                    !paused && (rx.is_empty() || pending.jobs() >= START_AT_JOBS)
+                } else {
+                    !last_write_started
+                };
             if start {
                 last_write_started = !open;
                 in_flight.spawn(write(shared.clone(), std::mem::take(&mut pending)));
@@ -133,6 +156,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
         }
         tokio::select! {
             n = rx.recv_many(&mut buffer, 1024), if open => open = n > 0,
+            _ = tokio::time::sleep_until(retry_at), if paused && in_flight.is_empty() => {}
             Some(done) = in_flight.join_next() => match done {
                 Ok(Ok(())) => {
                     if failed_writes > 0 {
@@ -154,6 +178,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                     if keep {
                         pending.restore(unwritten.progress, unwritten.stats);
                     }
+                    retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
                 }
                 Err(e) => warn!("⚠️ A polling-results write stopped: {e}"),
             },
