@@ -431,3 +431,29 @@ async fn summed_poll_statistics_count_every_poll() {
     assert_eq!((after.polls_total, after.last_error_message.as_deref()), (9, Some("g")));
     lab.teardown().await;
 }
+
+/// A lock wait timeout (1205, SQLSTATE HY000) counts as a lost lock race, worth running again;
+/// a statement the database refuses for its content does not.
+#[tokio::test]
+async fn a_lock_wait_timeout_is_a_lost_lock_race() {
+    let lab = Lab::new("lock-race").await.unwrap();
+    lab.seed_job(&SeedJob::replicating("job-locked", 40.0, 1.0)).await.unwrap();
+    let pool = lab.pool();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM replication_jobs WHERE id = 'job-locked' FOR UPDATE")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let mut waiter = pool.acquire().await.unwrap();
+    sqlx::query("SET SESSION innodb_lock_wait_timeout = 1").execute(&mut *waiter).await.unwrap();
+    let timed_out = sqlx::query("UPDATE replication_jobs SET progress_percent = 41 WHERE id = 'job-locked'")
+        .execute(&mut *waiter)
+        .await
+        .expect_err("the row is locked");
+    assert!(oma::db::lost_a_lock_race(&timed_out), "{timed_out:?}");
+    let refused =
+        sqlx::query("UPDATE replication_jobs SET no_such_column = 1").execute(&mut *waiter).await.unwrap_err();
+    assert!(!oma::db::lost_a_lock_race(&refused), "{refused:?}");
+    holder.rollback().await.unwrap();
+    lab.teardown().await;
+}

@@ -19,7 +19,6 @@ use crate::vma_client::VmaProgress;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Rows per multi-row statement.
 /// Most rows in one multi-row statement.
 pub const BATCH_ROWS: usize = 500;
 
@@ -605,7 +604,7 @@ async fn finalize_chunk_retrying(
     loop {
         attempt += 1;
         match try_finalize_chunk(pool, chunk).await {
-            Err(sqlx::Error::Database(e)) if attempt < 5 && is_retryable(e.code().as_deref()) => {
+            Err(e) if attempt < 5 && lost_a_lock_race(&e) => {
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
             result => return result,
@@ -613,9 +612,13 @@ async fn finalize_chunk_retrying(
     }
 }
 
-fn is_retryable(code: Option<&str>) -> bool {
-    // 40001: deadlock (1213); HY000 lock wait timeout (1205) reports as well.
-    matches!(code, Some("40001") | Some("1213") | Some("1205"))
+/// A statement that lost a lock race (deadlock 1213, lock wait timeout 1205, or SQLSTATE 40001
+/// from elsewhere) and may succeed when run again. The SQLSTATE of a lock wait timeout is the
+/// generic HY000, so the MySQL error number is what tells it.
+pub fn lost_a_lock_race(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    db.code().as_deref() == Some("40001")
+        || db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1205 | 1213))
 }
 
 fn push_id_list<'a>(qb: &mut QueryBuilder<'a, MySql>, ids: impl Iterator<Item = &'a str>) {

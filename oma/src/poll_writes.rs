@@ -123,9 +123,7 @@ async fn write(shared: Arc<Shared>, pending: Pending) -> Result<(), Unwritten> {
 /// A write that failed for want of the database (or lost a lock race) is kept for the next one;
 /// one the database refused outright is not, or it would fail every write after it.
 fn worth_retrying(e: &sqlx::Error) -> bool {
-    db::out_of_reach(e)
-        || matches!(e, sqlx::Error::Database(d)
-            if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1205 | 1213)))
+    db::out_of_reach(e) || db::lost_a_lock_race(e)
 }
 
 /// Receive poll results until `Close`, writing them as described in the module header.
