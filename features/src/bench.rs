@@ -45,7 +45,12 @@ impl ProcUsage {
 
 /// This process's resident set, KiB (0 where /proc is unreadable).
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
+    rss_kib_of("self")
+}
+
+/// The resident set of `/proc/<pid>`, KiB (0 where it is unreadable).
+fn rss_kib_of(pid: impl std::fmt::Display) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
 }
 
 /// A `Key:   123 kB` line of /proc/<pid>/status, in KiB.
@@ -133,15 +138,26 @@ pub struct ResumeFigures {
     pub all_polled_after_ready: Duration,
 }
 
-/// N running jobs, OMA restarted: time from ready until every job has a fresh `vma_last_poll_at`.
-pub async fn resume(n: usize) -> anyhow::Result<ResumeFigures> {
-    let (mut lab, _) = lab_with_jobs(&format!("bench-resume-{n}"), n, 30.0, 0.5, |_| {
-        Some(json!({"mode": "running", "start_percent": 30}))
+/// N jobs running slowly on the VMA, seeded as last polled 30 s ago.
+async fn lab_with_running_jobs(name: &str, n: usize) -> anyhow::Result<Lab> {
+    let (lab, _) = lab_with_jobs(name, n, 30.0, 0.5, |_| {
+        Some(json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001}))
     })
     .await?;
-    lab.start_oma_with(bench_config(&lab, Duration::from_secs(5))).await?;
-    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(20), Duration::from_secs(120))
-        .await?;
+    Ok(lab)
+}
+
+/// Start the lab's OMA and wait until it has polled all `n` jobs.
+async fn start_polling(lab: &mut Lab, n: usize, config: OmaConfig) -> anyhow::Result<()> {
+    lab.start_oma_with(config).await?;
+    wait_all_polled_since(lab, n, chrono::Utc::now() - chrono::Duration::seconds(20), Duration::from_secs(120)).await
+}
+
+/// N running jobs, OMA restarted: time from ready until every job has a fresh `vma_last_poll_at`.
+pub async fn resume(n: usize) -> anyhow::Result<ResumeFigures> {
+    let mut lab = lab_with_running_jobs(&format!("bench-resume-{n}"), n).await?;
+    let config = bench_config(&lab, Duration::from_secs(5));
+    start_polling(&mut lab, n, config).await?;
     lab.oma_mut().stop().await?;
     let restart_at: chrono::DateTime<chrono::Utc> = oma::db::db_now(lab.pool()).await?;
     let spawned = Instant::now();
@@ -190,13 +206,9 @@ pub struct SteadyFigures {
 /// N running jobs polled every `interval` for `duration`: worst `vma_last_poll_at` age, OMA CPU
 /// (fraction of one core) and peak RSS.
 pub async fn steady(n: usize, interval: Duration, duration: Duration) -> anyhow::Result<SteadyFigures> {
-    let (mut lab, _) = lab_with_jobs(&format!("bench-steady-{n}"), n, 30.0, 0.5, |_| {
-        Some(json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001}))
-    })
-    .await?;
-    lab.start_oma_with(bench_config(&lab, interval)).await?;
-    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
-        .await?;
+    let mut lab = lab_with_running_jobs(&format!("bench-steady-{n}"), n).await?;
+    let config = bench_config(&lab, interval);
+    start_polling(&mut lab, n, config).await?;
     // Measure from the second full round on: the first follows the start-up burst.
     let round = oma::db::db_now(lab.pool()).await?;
     wait_all_polled_since(&lab, n, round, Duration::from_secs(120)).await?;
@@ -243,27 +255,19 @@ pub struct OutageFigures {
 /// memory meanwhile, and the time from the database's return until every job has a
 /// `vma_last_poll_at` written after it.
 pub async fn outage(n: usize, interval: Duration, outage: Duration) -> anyhow::Result<OutageFigures> {
-    let (mut lab, _) = lab_with_jobs(&format!("bench-outage-{n}"), n, 30.0, 0.5, |_| {
-        Some(json!({"mode": "running", "start_percent": 30, "rate_per_second": 0.001}))
-    })
-    .await?;
+    let mut lab = lab_with_running_jobs(&format!("bench-outage-{n}"), n).await?;
     let (mut gate, url) = crate::gate::Gate::in_front_of(&lab.db().url)?;
     gate.open().await?;
     let mut config = bench_config(&lab, interval);
     config.database_url = url;
-    lab.start_oma_with(config).await?;
-    wait_all_polled_since(&lab, n, chrono::Utc::now() - chrono::Duration::seconds(30), Duration::from_secs(120))
-        .await?;
+    start_polling(&mut lab, n, config).await?;
     let pid = lab.oma().pid().context("oma pid")?;
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
-    };
-    let rss_before = rss();
+    let rss_before = rss_kib_of(pid);
     gate.close().await;
     let t0 = Instant::now();
     let mut peak = rss_before;
     while t0.elapsed() < outage {
-        peak = peak.max(rss());
+        peak = peak.max(rss_kib_of(pid));
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let back_at = oma::db::db_now(lab.pool()).await?;

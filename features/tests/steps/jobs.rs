@@ -150,15 +150,19 @@ async fn reached(world: &mut OmaWorld, pct: f64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// Waits for the OMA's own count (`/api/v1/vma-polling/jobs/{id}`): the original failed a job
-/// after 5 polling errors in a row.
+/// The OMA's view of the scenario's job's polling: `/api/v1/vma-polling/jobs/{id}`.
+async fn polling_view(world: &OmaWorld) -> anyhow::Result<Value> {
+    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
+    Ok(world.lab().http.get(url).send().await?.json().await?)
+}
+
+/// Waits for the OMA's own count: the original failed a job after 5 polling errors in a row.
 #[then(regex = r"^the OMA has failed to poll the job (\d+) times in a row$")]
 async fn failed_polls_in_a_row(world: &mut OmaWorld, n: u64) {
-    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
     world
         .lab()
         .wait_until(&format!("{n} failed polls in a row"), WAIT, || async {
-            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            let body = polling_view(world).await?;
             let errors = body["polled_by_this_instance"]["consecutive_errors"].as_u64().unwrap_or(0);
             Ok(if errors >= n { Ok(()) } else { Err(format!("{errors} so far: {body}")) })
         })
@@ -351,17 +355,15 @@ async fn written_again(world: &mut OmaWorld, secs: u64) {
 }
 
 /// `vma_polling_state.polls_total` catches up with the polls the OMA made (its API's in-memory
-/// count, taken a moment apart from the row: one poll may be written but not yet counted in memory,
-/// or the other way round), those made while the database
-/// was away included: a write that failed is kept, not dropped, and polls are summed, not counted
-/// once per statement.
+/// count, taken a moment apart from the row: one poll may be written but not yet counted in
+/// memory, or the other way round), those made while the database was away included: a write
+/// that failed is kept, not dropped, and polls are summed, not counted once per statement.
 #[then(regex = r"^the database counts every poll of the job within (\d+) seconds?$")]
 async fn every_poll_counted(world: &mut OmaWorld, secs: u64) {
-    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
     world
         .lab()
         .wait_until("the stored poll count to match the OMA's", Duration::from_secs(secs), || async {
-            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            let body = polling_view(world).await?;
             let made = body["polled_by_this_instance"]["polls_total"].as_i64();
             let stored = body["persisted_state"]["polls_total"].as_i64();
             Ok(match (made, stored) {
