@@ -45,7 +45,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) fn add(&mut self, msg: WriteMsg) {
+    /// Fold one message in; false for `Close`.
+    pub(crate) fn add(&mut self, msg: WriteMsg) -> bool {
         match msg {
             WriteMsg::Progress(p) => {
                 self.progress.insert(p.job_id.clone(), p);
@@ -56,8 +57,9 @@ impl Pending {
                     self.stats.insert(job_id.clone(), PollStats::one(job_id, error));
                 }
             },
-            WriteMsg::Close => {}
+            WriteMsg::Close => return false,
         }
+        true
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -182,10 +184,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
             },
         }
         for msg in buffer.drain(..) {
-            match msg {
-                WriteMsg::Close => open = false,
-                msg => pending.add(msg),
-            }
+            open &= pending.add(msg);
         }
     }
     if !pending.is_empty() {
