@@ -101,3 +101,5 @@ Feature: Plan - manual recovery CLI, VMA restart and a dying copy process
     And the job's progress last changed 45 minutes ago
     When the OMA API is started
     Then the job is "failed" with classification "vma_stalled"
+    When I GET "/api/v1/vm-contexts/ctx-vm-{job}/recent-jobs"
+    Then the response field "jobs/0/error_message" is "Replication stopped making progress"

@@ -42,6 +42,21 @@ Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, opera
     And the response field "jobs/0/error_category" is "compatibility"
     And the response contains no technical error text
 
+  Scenario Outline: The unified jobs list words a recovery failure for users, whatever the raw error says
+    Given a replicating job at 40% last updated <age> minutes ago
+    And <vma>
+    When the OMA API is started
+    Then the job is "failed" with classification "<class>"
+    When I GET "/api/v1/vm-contexts/ctx-vm-{job}/recent-jobs"
+    Then the response field "jobs/0/error_message" is "<message>"
+    And the response field "jobs/0/error_category" is "<category>"
+    And the response contains no technical error text
+
+    Examples:
+      | age | vma                           | class                   | message                                                                  | category     |
+      | 2   | the VMA does not know the job | job_lost                | Replication was interrupted and could not be resumed                     | platform     |
+      | 45  | the VMA is stopped            | vma_unreachable_timeout | Cannot connect to source environment - replication could not be tracked | connectivity |
+
   Scenario: The operation summary of a failed replication is stored for the GUI
     Given a replicating job at 40% last updated 2 minutes ago
     And the VMA does not know the job

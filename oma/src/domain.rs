@@ -60,10 +60,6 @@ impl JobStatus {
             .find(|status| status.as_str() == s)
     }
 
-    pub fn is_active(self) -> bool {
-        ACTIVE_STATUSES.contains(&self)
-    }
-
     pub fn is_terminal(self) -> bool {
         TERMINAL_STATUSES.contains(&self)
     }

@@ -385,5 +385,40 @@ mod tests {
             Decision::Keep { progress_changed, .. } => assert!(progress_changed),
             other => panic!("{other:?}"),
         }
+        // Either figure moving alone is a change (it resets the stall clock).
+        for (pct, bytes) in [(40.5, 1000), (40.0, 1001)] {
+            match decide(
+                &j,
+                &Observation::Running(progress("in_progress", "Transfer", pct, bytes)),
+                now(),
+                &ReconcileConfig::default(),
+            ) {
+                Decision::Keep { progress_changed, .. } => assert!(progress_changed, "{pct}% {bytes} bytes"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_keeps_are_not_final() {
+        let keep = Decision::Keep { reason: KeepReason::Running, progress: None, progress_changed: false };
+        assert!(!keep.is_final());
+        assert!(Decision::Complete { assumed: true, progress: None }.is_final());
+        let fail = Decision::Fail { class: FailureClass::JobLost, message: String::new(), details: None };
+        assert!(fail.is_final());
+    }
+
+    #[test]
+    fn an_unreachable_timeout_says_how_long_there_was_no_contact() {
+        let mut j = job(JobStatus::Replicating, 50.0);
+        j.updated_at = now() - mins(45) - secs(30);
+        j.vma_last_poll_at = None;
+        match decide(&j, &unavailable(), now(), &ReconcileConfig::default()) {
+            Decision::Fail { message, details, .. } => {
+                assert_eq!(message, "VMA unreachable after restart: no contact for 45.5 min");
+                assert_eq!(details.as_deref(), Some("connection_refused: refused"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -113,10 +113,40 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_of_error_gets_its_category_and_message() {
+        let table = [
+            ("virt-v2v failed with exit code 1", "compatibility", "Driver preparation failed"),
+            ("VirtIO drivers missing", "compatibility", "Driver preparation failed"),
+            ("failed to open /dev/nbd3", "storage", "Storage access error"),
+            ("NBD export vanished", "storage", "Storage access error"),
+            ("device busy", "storage", "Storage access error"),
+            ("read timeout after 30s", "connectivity", "Cannot connect to source environment"),
+            ("host unreachable", "connectivity", "Cannot connect to source environment"),
+            ("Connection reset by peer", "connectivity", "Cannot connect to source environment"),
+            ("Permission denied for user", "configuration", "Insufficient permissions"),
+            ("bad credential", "configuration", "Insufficient permissions"),
+            ("snapshot removal failed", "storage", "Source snapshot operation failed"),
+            ("something else broke", "platform", "Replication failed"),
+        ];
+        for (raw, category, message) in table {
+            let clean = sanitize_replication_error(raw, None);
+            assert_eq!(clean.category, category, "{raw}");
+            assert!(clean.user_message.starts_with(message), "{raw}: {}", clean.user_message);
+            assert!(!clean.actionable_steps.is_empty(), "{raw}");
+        }
+    }
+
+    #[test]
     fn recovery_classes_get_their_own_messages() {
+        let stalled = sanitize_replication_error("Replication stalled: no progress", Some(FailureClass::VmaStalled));
+        assert_eq!(stalled.user_message, "Replication stopped making progress");
+        // A class without a message of its own falls back to the wording of the raw error.
+        let rejected = sanitize_replication_error("connection refused", Some(FailureClass::ReplicateRejected));
+        assert_eq!(rejected.category, "connectivity");
         let lost = sanitize_replication_error("Job lost on VMA", Some(FailureClass::JobLost));
         assert_eq!(lost.user_message, "Replication was interrupted and could not be resumed");
         let gone = sanitize_replication_error("VMA unreachable", Some(FailureClass::VmaUnreachableTimeout));
         assert_eq!(gone.category, "connectivity");
+        assert!(gone.user_message.ends_with("could not be tracked"), "{}", gone.user_message);
     }
 }
