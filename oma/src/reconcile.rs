@@ -367,33 +367,17 @@ mod tests {
     #[test]
     fn running_reports_whether_progress_changed() {
         let j = job(JobStatus::Replicating, 40.0);
-        match decide(
-            &j,
-            &Observation::Running(progress("in_progress", "Transfer", 40.0, 1000)),
-            now(),
-            &ReconcileConfig::default(),
-        ) {
-            Decision::Keep { progress_changed, .. } => assert!(!progress_changed),
-            other => panic!("{other:?}"),
-        }
-        match decide(
-            &j,
-            &Observation::Running(progress("in_progress", "Transfer", 41.0, 2000)),
-            now(),
-            &ReconcileConfig::default(),
-        ) {
-            Decision::Keep { progress_changed, .. } => assert!(progress_changed),
-            other => panic!("{other:?}"),
-        }
         // Either figure moving alone is a change (it resets the stall clock).
-        for (pct, bytes) in [(40.5, 1000), (40.0, 1001)] {
+        for (pct, bytes, changed) in [(40.0, 1000, false), (41.0, 2000, true), (40.5, 1000, true), (40.0, 1001, true)] {
             match decide(
                 &j,
                 &Observation::Running(progress("in_progress", "Transfer", pct, bytes)),
                 now(),
                 &ReconcileConfig::default(),
             ) {
-                Decision::Keep { progress_changed, .. } => assert!(progress_changed, "{pct}% {bytes} bytes"),
+                Decision::Keep { progress_changed, .. } => {
+                    assert_eq!(progress_changed, changed, "{pct}% {bytes} bytes")
+                }
                 other => panic!("{other:?}"),
             }
         }
