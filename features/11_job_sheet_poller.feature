@@ -143,6 +143,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     When the VMA answers the job with a <kind> body
     Then the logs show "VMA polling error for job {job}: <reported>: <detail>"
     And the OMA has failed to poll the job 6 times in a row
+    And the database records 6 failed polls in a row for the job
     And the job stays "replicating"
     And the job's progress is still at least 20%
     When I GET "/api/v1/vma-polling/jobs/{job}"

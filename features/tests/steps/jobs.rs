@@ -170,6 +170,24 @@ async fn failed_polls_in_a_row(world: &mut OmaWorld, n: u64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Waits for `vma_polling_state` itself: the poll writer must write a job's failures even when no
+/// poll of any job succeeds.
+#[then(regex = r"^the database records (\d+) failed polls in a row for the job$")]
+async fn failed_polls_written(world: &mut OmaWorld, n: i32) {
+    let id = world.job();
+    world
+        .lab()
+        .wait_until(&format!("{n} failed polls in a row in vma_polling_state"), WAIT, || async {
+            let row = oma::db::polling_state(world.lab().pool(), &id).await?;
+            Ok(match row {
+                Some(r) if r.consecutive_errors >= n && r.last_error_message.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[then(regex = r"^the job's progress is still at least (\d+)%$")]
 async fn progress_kept(world: &mut OmaWorld, pct: f64) {
     let row = world.lab().job(&world.job()).await.expect("row");
