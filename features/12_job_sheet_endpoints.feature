@@ -78,6 +78,7 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     Then the logs show "Job {job} still running on VMA"
     And the job's progress reaches 60%
     And the job stays "replicating"
+    And the OMA's metrics count 1 recovery "polling_restarted" and no other
 
   Scenario: Polling restarts within 10 seconds of the OMA start
     Given a replicating job at 30% last updated 2 minutes ago

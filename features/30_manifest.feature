@@ -7,6 +7,8 @@ Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, opera
     And a replication job was started through the API
     When the job fails on the VMA with "snapshot removed by the hypervisor"
     Then the job is "failed" with classification "vma_reported_failure"
+    And the job has no recovery metadata
+    And the OMA's metrics count no recoveries
     And the VM context counts 0 successful and 1 failed job
     And the VM context is "failed"
     And the VM context allows new operations

@@ -194,3 +194,30 @@ async fn command_json_field(world: &mut OmaWorld, path: String, expected: f64) {
     let body: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("output is not JSON ({e}): {out}"));
     assert_eq!(pointer(&body, &path).as_f64(), Some(expected), "{path} in {body}");
 }
+
+/// The `oma_recoveries_total` counters on `/metrics`, as (outcome, count).
+async fn recovery_counters(world: &OmaWorld) -> Vec<(String, u64)> {
+    let url = format!("{}/metrics", world.lab().oma().url());
+    let text = world.lab().http.get(url).send().await.expect("GET /metrics").text().await.expect("text");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("oma_recoveries_total{outcome=\""))
+        .map(|rest| {
+            let (outcome, count) = rest.split_once("\"} ").unwrap_or_else(|| panic!("unexpected metric line: {rest}"));
+            (outcome.to_string(), count.trim().parse().unwrap_or_else(|_| panic!("count in {rest}")))
+        })
+        .collect()
+}
+
+/// Startup and manual recovery count their decisions; the poller's own finalizations are not
+/// recoveries and must not be counted as such.
+#[then(regex = r#"^the OMA's metrics count (\d+) recover(?:y|ies) "([a-z_]+)" and no other$"#)]
+async fn metrics_count_recoveries(world: &mut OmaWorld, n: u64, outcome: String) {
+    let counters = recovery_counters(world).await;
+    assert_eq!(counters, vec![(outcome, n)], "oma_recoveries_total on /metrics");
+}
+
+#[then(regex = r"^the OMA's metrics count no recoveries$")]
+async fn metrics_count_no_recoveries(world: &mut OmaWorld) {
+    let counters = recovery_counters(world).await;
+    assert!(counters.iter().all(|(_, n)| *n == 0), "oma_recoveries_total on /metrics: {counters:?}");
+}

@@ -268,6 +268,15 @@ async fn recovery_metadata(world: &mut OmaWorld, method: String) {
     }
 }
 
+/// A job the poller ended in normal operation was never recovered: task 3.1's columns stay empty.
+#[then(regex = r"^the job has no recovery metadata$")]
+async fn no_recovery_metadata(world: &mut OmaWorld) {
+    let row = world.lab().job(&world.job()).await.expect("row");
+    assert!(!row.recovery_attempted, "recovery_attempted is set: {row:?}");
+    assert_eq!(row.recovery_attempted_at, None, "recovery_attempted_at");
+    assert_eq!(row.recovery_method, None, "recovery_method");
+}
+
 #[then(regex = r"^the recovery metadata shows polling restarted$")]
 async fn polling_restarted_meta(world: &mut OmaWorld) {
     let row = world.lab().job(&world.job()).await.expect("row");
