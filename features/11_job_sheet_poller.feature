@@ -121,6 +121,18 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job is "completed"
     And the VM context allows new operations
 
+  Scenario: Poll statistics the database refuses are dropped and said so, and progress goes on
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the database refuses every write of the job's poll statistics
+    Then the logs show "the database refused them, so they are dropped (the next polls write afresh)" 2 or more times
+    And the logs do not show "they are kept and written when the database answers"
+    And the job's progress is written again within 5 seconds
+    When the database takes the job's poll statistics again
+    Then the database counts the job's polls again within 5 seconds
+    And the logs show "Polling results are written again after"
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

@@ -661,6 +661,46 @@ async fn database_accepts_again(world: &mut OmaWorld) {
     sqlx::raw_sql("DROP TRIGGER IF EXISTS oma_test_reject_final").execute(world.lab().pool()).await.expect("drop");
 }
 
+/// A refusal no retry can cure (SQLSTATE 45000, as a constraint or a full disk would give): a
+/// trigger makes MariaDB refuse every change of the job's poll count in `vma_polling_state`.
+#[when(regex = r"^the database refuses every write of the job's poll statistics$")]
+async fn database_refuses_stats(world: &mut OmaWorld) {
+    let id = world.job();
+    assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)), "unexpected job id {id}");
+    let sql = format!(
+        "CREATE TRIGGER oma_test_refuse_stats BEFORE UPDATE ON vma_polling_state FOR EACH ROW \
+         IF OLD.job_id = '{id}' AND NEW.polls_total <> OLD.polls_total THEN \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected by the test: poll statistics refused'; END IF"
+    );
+    sqlx::raw_sql(&sql).execute(world.lab().pool()).await.expect("create the trigger");
+}
+
+#[when(regex = r"^the database takes the job's poll statistics again$")]
+async fn database_takes_stats_again(world: &mut OmaWorld) {
+    sqlx::raw_sql("DROP TRIGGER IF EXISTS oma_test_refuse_stats").execute(world.lab().pool()).await.expect("drop");
+}
+
+/// `vma_polling_state.polls_total` grows: statistics are written again.
+#[then(regex = r"^the database counts the job's polls again within (\d+) seconds?$")]
+async fn polls_counted_again(world: &mut OmaWorld, secs: u64) {
+    let id = world.job();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT polls_total FROM vma_polling_state WHERE job_id = ?")
+            .bind(&id)
+            .fetch_one(world.lab().pool())
+            .await
+    };
+    let before = stored().await.expect("the job's polling state");
+    world
+        .lab()
+        .wait_until("polls_total to grow", Duration::from_secs(secs), || async {
+            let now = stored().await?;
+            Ok(if now > before { Ok(()) } else { Err(format!("polls_total still {now}")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 #[when(regex = r"^another database session holds the job's polling state locked$")]
 async fn hold_polling_state_lock(world: &mut OmaWorld) {
     let id = world.job();

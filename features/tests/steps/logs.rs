@@ -43,6 +43,21 @@ async fn logs_show_times(world: &mut OmaWorld, text: String, times: String) {
     assert_eq!(hits.len(), times, "{needle:?} logged {} times: {hits:#?}", hits.len());
 }
 
+/// Something logged each time it happens (not once per streak): waits for the `n`th line.
+#[then(regex = r#"^the logs show "(.*)" (\d+) or more times$"#)]
+async fn logs_show_at_least(world: &mut OmaWorld, text: String, n: usize) {
+    let needle = world.expand(&text);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let hits = world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(&needle)).count();
+        if hits >= n {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{needle:?} logged {hits} times within {WAIT:?}, not {n}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 #[then(regex = r#"^the logs do not show "(.*)"$"#)]
 async fn logs_do_not_show(world: &mut OmaWorld, text: String) {
     let needle = world.expand(&text);
