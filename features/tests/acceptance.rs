@@ -147,10 +147,12 @@ async fn run() -> bool {
         return true;
     }
     let concurrency = std::env::var("ACCEPTANCE_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    // Stop scheduling scenarios after the first failure (`-- --fail-fast` does the same); for
+    // mutation testing, where a failing run only needs to fail, not to say everything.
+    let fail_fast = std::env::var("ACCEPTANCE_FAIL_FAST").is_ok_and(|v| v == "1");
     let started = Instant::now();
-    let writer = OmaWorld::cucumber()
-        .max_concurrent_scenarios(concurrency)
-        .fail_on_skipped()
+    let cucumber = OmaWorld::cucumber().max_concurrent_scenarios(concurrency).fail_on_skipped();
+    let writer = if fail_fast { cucumber.fail_fast() } else { cucumber }
         .before(|_feature, _rule, scenario, world| {
             Box::pin(async move {
                 world.scenario = scenario.name.clone();
