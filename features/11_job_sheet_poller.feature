@@ -47,6 +47,14 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the logs show "Found job not being polled - restarting" 10 times
     And the logs show "NOT being polled (orphaned) - investigating" 10 times
 
+  Scenario: A health monitor round re-attaches running orphans, finalizes completed ones and reports both
+    Given the OMA API is running
+    When 6 jobs no poller owns appear at once, 2 of them completed on the VMA
+    Then a health monitor round reports 6 jobs checked, 6 orphaned, 4 re-attached and 2 finalized, none slow
+    And the logs show "Health monitor: 6 orphaned jobs, 4 re-attached to polling, 2 finalized"
+    And the OMA's metrics count 4 orphaned jobs re-attached
+    And a health monitor round reports 4 jobs checked, 0 orphaned, 0 re-attached and 0 finalized, none slow
+
   @regression
   Scenario: Defect 5 and 15 - the health monitor rescues a job that was never polled
     Given the OMA API is running

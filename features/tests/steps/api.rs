@@ -1,7 +1,7 @@
 //! Steps about the OMA's HTTP API and the `job-recovery` CLI.
 
 use cucumber::{then, when};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::OmaWorld;
 
@@ -220,4 +220,43 @@ async fn metrics_count_recoveries(world: &mut OmaWorld, n: u64, outcome: String)
 async fn metrics_count_no_recoveries(world: &mut OmaWorld) {
     let counters = recovery_counters(world).await;
     assert!(counters.iter().all(|(_, n)| *n == 0), "oma_recoveries_total on /metrics: {counters:?}");
+}
+
+/// A health-monitor round as `/api/v1/job-recovery/status` reports it (`health_monitor.last_check`;
+/// rounds come every 500 ms in the lab, so the step polls until one matches). "None slow": no job
+/// this process polls has a stale `vma_last_poll_at`.
+#[then(
+    regex = r"^a health monitor round reports (\d+) jobs? checked, (\d+) orphaned, (\d+) re-attached and (\d+) finalized, none slow$"
+)]
+async fn health_round(world: &mut OmaWorld, checked: u64, orphaned: u64, reattached: u64, finalized: u64) {
+    let url = format!("{}/api/v1/job-recovery/status", world.lab().oma().url());
+    let want = json!({
+        "checked": checked, "orphaned": orphaned, "reattached": reattached, "finalized": finalized, "slow_but_polled": 0,
+    });
+    let last = world
+        .lab()
+        .wait_until("a health-monitor round with these counts", crate::steps::WAIT, || async {
+            let body: Value = world.lab().http.get(&url).send().await?.json().await?;
+            let last = body["health_monitor"]["last_check"].clone();
+            let counts = json!({
+                "checked": last["checked"], "orphaned": last["orphaned"],
+                "reattached": last["reattached"], "finalized": last["finalized"], "slow_but_polled": last["slow_but_polled"],
+            });
+            Ok(if counts == want { Ok(last) } else { Err(format!("last_check: {last}")) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let at: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(last["checked_at"].clone()).unwrap_or_else(|e| panic!("checked_at in {last}: {e}"));
+    let age = chrono::Utc::now() - at;
+    assert!(age < chrono::Duration::seconds(5), "checked_at {at} is {age} old");
+}
+
+/// `oma_orphans_reattached_total` on `/metrics`.
+#[then(regex = r"^the OMA's metrics count (\d+) orphaned jobs? re-attached$")]
+async fn metrics_count_reattached(world: &mut OmaWorld, n: u64) {
+    let url = format!("{}/metrics", world.lab().oma().url());
+    let text = world.lab().http.get(url).send().await.expect("GET /metrics").text().await.expect("text");
+    let count = text.lines().find_map(|l| l.strip_prefix("oma_orphans_reattached_total ")).map(str::trim);
+    assert_eq!(count, Some(n.to_string().as_str()), "oma_orphans_reattached_total on /metrics");
 }

@@ -494,10 +494,26 @@ async fn many_jobs(world: &mut OmaWorld, running: usize, completed: usize) {
 /// health-monitor round finds them all (aliases `orphan-0`…).
 #[when(regex = r"^(\d+) jobs no poller owns appear at once$")]
 async fn orphans_at_once(world: &mut OmaWorld, n: usize) {
+    orphans_appear(world, n, 0).await;
+}
+
+/// As above; the last `completed` of them have completed on the VMA.
+#[when(regex = r"^(\d+) jobs no poller owns appear at once, (\d+) of them completed on the VMA$")]
+async fn orphans_some_completed(world: &mut OmaWorld, n: usize, completed: usize) {
+    assert!(completed <= n, "{completed} of {n} jobs");
+    orphans_appear(world, n, completed).await;
+}
+
+async fn orphans_appear(world: &mut OmaWorld, n: usize, completed: usize) {
     let ids: Vec<String> = (0..n).map(|_| next_job_id(world)).collect();
     // The VMA knows them (by job id) before the database does.
     for (i, id) in ids.iter().enumerate() {
-        world.lab().vma_job(id, &[], json!({"mode": "running", "start_percent": 30})).await.expect("sim");
+        let spec = if i + completed >= n {
+            json!({"mode": "completed"})
+        } else {
+            json!({"mode": "running", "start_percent": 30})
+        };
+        world.lab().vma_job(id, &[], spec).await.expect("sim");
         world.jobs.insert(format!("orphan-{i}"), id.clone());
     }
     oma_acceptance::lab::seed_jobs_bulk(world.lab().pool(), &ids, 30.0, 0.2).await.unwrap_or_else(|e| panic!("{e:#}"));
