@@ -129,6 +129,20 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job is "completed"
     And the VM context allows new operations
 
+  Scenario Outline: A job <status> outside the OMA stops being polled
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When another component marks the job <status> in the database
+    Then the logs show "Stopped polling job {job}: it is finished or no longer owned by this instance"
+    And the VMA is no longer asked about the job
+    And the job is "<status>"
+
+    Examples:
+      | status    |
+      | cancelled |
+      | completed |
+
   Scenario: Poll statistics the database refuses are dropped and said so, and progress goes on
     Given the OMA API is running
     And a replication job was started through the API
@@ -164,6 +178,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the logs show "VMA polling error for job {job}: <reported>: <detail>"
     And the OMA has failed to poll the job 6 times in a row
     And the database records 6 failed polls in a row for the job
+    And the failing job's polls are 6 intervals apart
     And the job stays "replicating"
     And the job's progress is still at least 20%
     When I GET "/api/v1/vma-polling/jobs/{job}"
@@ -171,6 +186,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     When the VMA runs the job at 60%
     Then the job's progress reaches 60%
     And the logs show "VMA polling works again for job {job} after"
+    And the logs show "VMA polling works again for job {job}" once
     And the logs show "VMA polling error for job {job}" once
 
     Examples:

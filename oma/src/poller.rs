@@ -183,8 +183,7 @@ impl Poller {
     /// Start a poll for every due job that has no request in flight.
     pub fn tick(&self) -> TickOutcome {
         let now = Instant::now();
-        // Ticks jitter by a few milliseconds; a job due within half a tick is due now.
-        let horizon = now + tick_period(self.inner.shared.settings.poll_interval) / 2;
+        let horizon = dispatch_horizon(now, self.inner.shared.settings.poll_interval);
         let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
             let mut jobs = self.inner.jobs.lock().expect("poller lock");
             jobs.iter_mut()
@@ -236,13 +235,7 @@ impl Poller {
                 let mut failed_before = 0;
                 let still_tracked = self.update_tracked(&job_id, |t| {
                     failed_before = std::mem::take(&mut t.unavailable_streak);
-                    t.facts.progress_percent = t.facts.progress_percent.max(progress.percentage);
-                    t.facts.bytes_transferred = progress.bytes_transferred;
-                    t.facts.vma_last_poll_at = Some(now);
-                    t.facts.updated_at = now;
-                    if *progress_changed || t.facts.progress_changed_at.is_none() {
-                        t.facts.progress_changed_at = Some(now);
-                    }
+                    t.facts.observe_running(progress, *progress_changed, now);
                     if via.is_some() {
                         t.preferred = via.clone();
                     }
@@ -426,6 +419,12 @@ fn tick_period(interval: Duration) -> Duration {
 }
 
 /// A job's phase in [0.6, 1.0) of an interval, stable for its id.
+/// Jobs due before this instant are dispatched at a tick at `now`: ticks jitter by a few
+/// milliseconds, so a job due within half a tick is due now (not a whole tick late).
+fn dispatch_horizon(now: Instant, interval: Duration) -> Instant {
+    now + tick_period(interval) / 2
+}
+
 fn phase_of(job_id: &str) -> f64 {
     let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
     0.6 + (hash % 1000) as f64 / 2500.0
@@ -464,5 +463,12 @@ mod tests {
         assert_eq!(phase_of("job-1"), phase_of("job-1"));
         assert_eq!(tick_period(Duration::from_secs(5)), Duration::from_millis(500));
         assert_eq!(tick_period(Duration::from_millis(50)), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_job_due_within_half_a_tick_is_due_now() {
+        let now = Instant::now();
+        assert_eq!(dispatch_horizon(now, Duration::from_millis(100)), now + Duration::from_millis(5));
+        assert_eq!(dispatch_horizon(now, Duration::from_secs(5)), now + Duration::from_millis(250));
     }
 }

@@ -30,6 +30,18 @@ impl JobFacts {
             _ => self.updated_at,
         }
     }
+
+    /// What a successful poll teaches about the job: progress never goes back, bytes and the last
+    /// contact are the VMA's, and a change (or the first figure ever seen) restarts the stall clock.
+    pub fn observe_running(&mut self, progress: &VmaProgress, changed: bool, now: DateTime<Utc>) {
+        self.progress_percent = self.progress_percent.max(progress.percentage);
+        self.bytes_transferred = progress.bytes_transferred;
+        self.vma_last_poll_at = Some(now);
+        self.updated_at = now;
+        if changed || self.progress_changed_at.is_none() {
+            self.progress_changed_at = Some(now);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -404,5 +416,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_poll_restarts_the_stall_clock_only_when_progress_moved() {
+        let cfg = ReconcileConfig { stall_after: Duration::from_secs(60), ..ReconcileConfig::default() };
+        let mut facts = job(JobStatus::Replicating, 40.0);
+        let t1 = now();
+        facts.observe_running(&progress("running", "Transfer", 45.0, 2000), true, t1);
+        assert_eq!((facts.progress_percent, facts.bytes_transferred), (45.0, 2000));
+        assert_eq!((facts.vma_last_poll_at, facts.updated_at, facts.progress_changed_at), (Some(t1), t1, Some(t1)));
+        // Frozen since t1: not a stall before the window ends, a stall once it has.
+        let same = Observation::Running(progress("running", "Transfer", 45.0, 2000));
+        assert!(matches!(decide(&facts, &same, t1 + secs(59), &cfg), Decision::Keep { .. }));
+        // A poll without a change keeps the clock where it was; a lower percentage is not taken.
+        facts.observe_running(&progress("running", "Transfer", 44.0, 2000), false, t1 + secs(30));
+        assert_eq!((facts.progress_percent, facts.progress_changed_at), (45.0, Some(t1)));
+        assert!(matches!(decide(&facts, &same, t1 + secs(61), &cfg), Decision::Fail { .. }));
+        // The first figure ever seen starts the clock even when the caller saw no change.
+        facts.progress_changed_at = None;
+        facts.observe_running(&progress("running", "Transfer", 45.0, 2000), false, t1 + secs(62));
+        assert_eq!(facts.progress_changed_at, Some(t1 + secs(62)));
     }
 }

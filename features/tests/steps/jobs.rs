@@ -717,6 +717,29 @@ async fn polls_counted_again(world: &mut OmaWorld, secs: u64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Another component (an operator, the GUI's cancel) ends the job behind the OMA's back.
+#[when(regex = r"^another component marks the job (cancelled|completed|failed) in the database$")]
+async fn marked_elsewhere(world: &mut OmaWorld, status: String) {
+    let done = sqlx::query("UPDATE replication_jobs SET status = ?, completed_at = NOW(3) WHERE id = ?")
+        .bind(&status)
+        .bind(world.job())
+        .execute(world.lab().pool())
+        .await
+        .expect("update the job");
+    assert_eq!(done.rows_affected(), 1, "no row for {}", world.job());
+}
+
+/// No request for the job reaches the VMA over five poll intervals (from one interval after the
+/// step starts: a poll already in flight may still land).
+#[then(regex = r"^the VMA is no longer asked about the job$")]
+async fn no_longer_polled(world: &mut OmaWorld) {
+    let interval = world.lab().omas.first().map(|o| o.config.poll_interval).unwrap_or(Duration::from_millis(100));
+    let from = Utc::now() + chrono::Duration::from_std(interval).expect("interval");
+    tokio::time::sleep(interval * 6).await;
+    let polls = poll_times(world, from).await;
+    assert!(polls.is_empty(), "the VMA was still asked about {} at {polls:?}", world.job());
+}
+
 #[when(regex = r"^another database session holds the job's polling state locked$")]
 async fn hold_polling_state_lock(world: &mut OmaWorld) {
     let id = world.job();

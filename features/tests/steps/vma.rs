@@ -215,6 +215,31 @@ async fn polled_every_interval(world: &mut OmaWorld) {
     check_cadence(&recent, interval);
 }
 
+/// A job whose polls keep failing is polled less often: after three failures in a row the gap is
+/// six intervals (2, 4, then 6: the VMA is not hammered while it answers badly).
+#[then(regex = r"^the failing job's polls are (\d+) intervals apart$")]
+async fn polled_with_backoff(world: &mut OmaWorld, factor: f64) {
+    let interval = world.lab().omas[0].config.poll_interval.as_secs_f64() * 1000.0;
+    let since = chrono::Utc::now();
+    let recent = world
+        .lab()
+        .wait_until("four polls from now on", super::WAIT, || async {
+            // One poll may be two requests a moment apart (by export name, then by job id).
+            let mut polls = crate::steps::jobs::poll_times(world, since).await;
+            polls.dedup_by(|later, first| (*later - *first).num_milliseconds() < (interval / 2.0) as i64);
+            Ok(if polls.len() >= 4 { Ok(polls) } else { Err(format!("{} polls", polls.len())) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let gaps: Vec<f64> =
+        recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    let want = interval * factor;
+    assert!(
+        gaps.iter().all(|g| (want * 0.9..=want * 1.4).contains(g)),
+        "gaps {gaps:?} ms, not {factor} intervals of {interval} ms"
+    );
+}
+
 /// Polls of one job are never closer than half an interval (one poller, no burst) nor further
 /// apart than 1.6 intervals (no stall: dispatch never waits on the database), and the typical gap
 /// is one interval (median within 0.8-1.3).
