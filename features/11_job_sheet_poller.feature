@@ -55,6 +55,16 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the OMA's metrics count 4 orphaned jobs re-attached
     And a health monitor round reports 4 jobs checked, 0 orphaned, 0 re-attached and 0 finalized, none slow
 
+  Scenario: The health monitor tells a polled job whose VMA went silent from an orphan
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When the VMA is unreachable by refused
+    Then a health monitor round reports 1 job checked, 0 orphaned, 0 re-attached and 0 finalized, 1 slow
+    And the logs show "Health monitor: Job {job} is being polled (polling may be slow)"
+    And the logs do not show "Job {job} NOT being polled"
+    And the job stays "replicating"
+
   @regression
   Scenario: Defect 5 and 15 - the health monitor rescues a job that was never polled
     Given the OMA API is running

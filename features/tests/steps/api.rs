@@ -223,15 +223,29 @@ async fn metrics_count_no_recoveries(world: &mut OmaWorld) {
 }
 
 /// A health-monitor round as `/api/v1/job-recovery/status` reports it (`health_monitor.last_check`;
-/// rounds come every 500 ms in the lab, so the step polls until one matches). "None slow": no job
-/// this process polls has a stale `vma_last_poll_at`.
+/// rounds come every 500 ms in the lab, so the step polls until one matches). "Slow": jobs this
+/// process polls whose `vma_last_poll_at` is stale.
 #[then(
     regex = r"^a health monitor round reports (\d+) jobs? checked, (\d+) orphaned, (\d+) re-attached and (\d+) finalized, none slow$"
 )]
 async fn health_round(world: &mut OmaWorld, checked: u64, orphaned: u64, reattached: u64, finalized: u64) {
+    health_round_with_slow(world, checked, orphaned, reattached, finalized, 0).await;
+}
+
+#[then(
+    regex = r"^a health monitor round reports (\d+) jobs? checked, (\d+) orphaned, (\d+) re-attached and (\d+) finalized, (\d+) slow$"
+)]
+async fn health_round_with_slow(
+    world: &mut OmaWorld,
+    checked: u64,
+    orphaned: u64,
+    reattached: u64,
+    finalized: u64,
+    slow: u64,
+) {
     let url = format!("{}/api/v1/job-recovery/status", world.lab().oma().url());
     let want = json!({
-        "checked": checked, "orphaned": orphaned, "reattached": reattached, "finalized": finalized, "slow_but_polled": 0,
+        "checked": checked, "orphaned": orphaned, "reattached": reattached, "finalized": finalized, "slow_but_polled": slow,
     });
     let last = world
         .lab()
