@@ -135,6 +135,10 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     When the database rejects every write that finalizes the job
     And the job completes on the VMA
     Then the logs show "Failed to finalize job {job} as completed"
+    And the OMA has failed to poll the job 2 times in a row
+    When I GET "/api/v1/vma-polling/jobs/{job}"
+    Then the response field "polled_by_this_instance.last_result" is "finalize_failed"
+    And the response field "polled_by_this_instance.polls_failed" is at least 2
     When the database accepts the job's writes again
     Then the job is "completed"
     And the VM context allows new operations
@@ -193,6 +197,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the job's progress is still at least 20%
     When I GET "/api/v1/vma-polling/jobs/{job}"
     Then the response field "polled_by_this_instance.last_error" contains "<detail>"
+    And the response field "polled_by_this_instance.polls_failed" is at least 6
     When the VMA runs the job at 60%
     Then the job's progress reaches 60%
     And the logs show "VMA polling works again for job {job} after"

@@ -56,6 +56,9 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the response field "active_jobs_count" is 1
     And the response field "active_jobs" lists the job
     And the response field "vma_api_healthy" is "true"
+    And the response field "polls_total" is at least 2
+    And the response fields "polls_successful" and "polls_total" are equal
+    And the response field "success_rate" is 1
     When I GET "/api/v1/vma-polling/jobs/{job}"
     Then the response status is 200
     And the response field "is_polling" is "true"
@@ -155,3 +158,4 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
       | a body over the limit       | I POST a JSON body of 3000000 bytes to "/api/v1/replications" | 413    | Request body too large | length limit exceeded |
       | an unknown endpoint         | I GET "/api/v1/no-such-thing"                                 | 404    | Not found              | no such endpoint      |
       | a body that is not JSON     | I POST "/api/v1/replications"                                 | 400    | Invalid request body   | EOF                   |
+      | stopping an unpolled job    | I DELETE "/api/v1/vma-polling/jobs/job-never-seen"            | 404    | Job not polled         | is not being polled   |

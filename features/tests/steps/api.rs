@@ -121,6 +121,19 @@ async fn field_number(world: &mut OmaWorld, path: String, expected: f64) {
     assert_eq!(pointer(body, &path).as_f64(), Some(expected), "{path} in {body}");
 }
 
+#[then(regex = r#"^the response field "([^"]*)" is at least (\d+)$"#)]
+async fn field_at_least(world: &mut OmaWorld, path: String, least: f64) {
+    let (_, body) = response(world);
+    let v = pointer(body, &path).as_f64();
+    assert!(v.is_some_and(|v| v >= least), "{path} is {v:?}, not at least {least}, in {body}");
+}
+
+#[then(regex = r#"^the response fields "([^"]*)" and "([^"]*)" are equal$"#)]
+async fn fields_equal(world: &mut OmaWorld, a: String, b: String) {
+    let (_, body) = response(world);
+    assert_eq!(pointer(body, &a), pointer(body, &b), "{a} and {b} in {body}");
+}
+
 #[then(regex = r#"^the response field "([^"]*)" lists the job$"#)]
 async fn field_lists_job(world: &mut OmaWorld, path: String) {
     let id = world.job();
