@@ -16,6 +16,8 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job's progress reaches 20%
     And the job stays "replicating"
     And the logs do not show "marked as failed"
+    When I GET "/api/v1/vma-polling/jobs/{job}"
+    Then the response field "polled_by_this_instance.last_error" is "job not found on VMA (within grace)"
 
   @regression
   Scenario: Defect 15 - after the grace period the poller finalizes a job the VMA no longer knows

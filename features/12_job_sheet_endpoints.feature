@@ -63,6 +63,8 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     Then the response status is 200
     And the response field "is_polling" is "true"
     And the response field "persisted_state/is_active" is "true"
+    When I GET "/health"
+    Then the response field "polling.active_jobs" is 1
     When I GET "/metrics"
     Then the response status is 200
 
