@@ -418,13 +418,13 @@ fn tick_period(interval: Duration) -> Duration {
     (interval / 10).max(Duration::from_millis(10))
 }
 
-/// A job's phase in [0.6, 1.0) of an interval, stable for its id.
 /// Jobs due before this instant are dispatched at a tick at `now`: ticks jitter by a few
 /// milliseconds, so a job due within half a tick is due now (not a whole tick late).
 fn dispatch_horizon(now: Instant, interval: Duration) -> Instant {
     now + tick_period(interval) / 2
 }
 
+/// A job's phase in [0.6, 1.0) of an interval, stable for its id.
 fn phase_of(job_id: &str) -> f64 {
     let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
     0.6 + (hash % 1000) as f64 / 2500.0

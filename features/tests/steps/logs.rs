@@ -25,6 +25,11 @@ async fn any_oma_logged(world: &OmaWorld, needle: &str) -> Result<(), String> {
     }
 }
 
+/// Every OMA's log lines that contain `needle`.
+fn lines_with(world: &OmaWorld, needle: &str) -> Vec<String> {
+    world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(needle)).collect()
+}
+
 #[then(regex = r#"^the logs show "(.*)"$"#)]
 async fn logs_show(world: &mut OmaWorld, text: String) {
     let needle = world.expand(&text);
@@ -38,8 +43,7 @@ async fn logs_show(world: &mut OmaWorld, text: String) {
 async fn logs_show_times(world: &mut OmaWorld, text: String, times: String) {
     let times: usize = times.trim_end_matches(" times").parse().unwrap_or(1);
     let needle = world.expand(&text);
-    let hits: Vec<String> =
-        world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(&needle)).collect();
+    let hits = lines_with(world, &needle);
     assert_eq!(hits.len(), times, "{needle:?} logged {} times: {hits:#?}", hits.len());
 }
 
@@ -49,7 +53,7 @@ async fn logs_show_at_least(world: &mut OmaWorld, text: String, n: usize) {
     let needle = world.expand(&text);
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let hits = world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(&needle)).count();
+        let hits = lines_with(world, &needle).len();
         if hits >= n {
             return;
         }

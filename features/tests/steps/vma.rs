@@ -231,8 +231,7 @@ async fn polled_with_backoff(world: &mut OmaWorld, factor: f64) {
         })
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let gaps: Vec<f64> =
-        recent.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    let gaps = gaps_ms(&recent);
     let want = interval * factor;
     assert!(
         gaps.iter().all(|g| (want * 0.9..=want * 1.4).contains(g)),
@@ -240,12 +239,16 @@ async fn polled_with_backoff(world: &mut OmaWorld, factor: f64) {
     );
 }
 
+/// Milliseconds between consecutive polls.
+fn gaps_ms(polls: &[chrono::DateTime<chrono::Utc>]) -> Vec<f64> {
+    polls.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect()
+}
+
 /// Polls of one job are never closer than half an interval (one poller, no burst) nor further
 /// apart than 1.6 intervals (no stall: dispatch never waits on the database), and the typical gap
 /// is one interval (median within 0.8-1.3).
 fn check_cadence(polls: &[chrono::DateTime<chrono::Utc>], interval_ms: f64) {
-    let mut gaps: Vec<f64> =
-        polls.windows(2).map(|w| (w[1] - w[0]).num_microseconds().unwrap_or(0) as f64 / 1000.0).collect();
+    let mut gaps = gaps_ms(polls);
     assert!(
         gaps.iter().all(|g| (interval_ms * 0.5..=interval_ms * 1.6).contains(g)),
         "a gap outside 0.5-1.6 intervals ({interval_ms} ms): {gaps:?}"
