@@ -16,6 +16,7 @@ Feature: Testing guide - Scenario 3: Job completed during OMA downtime (CRITICAL
     And the logs show "Job {job} completed on VMA (100.0%) - finalizing"
     And the logs show "Job {job} marked as completed"
     And the recovery summary shows "Completed: 1"
+    And the logs show "Job recovery summary by outcome outcomes={"completed": 1}"
     And the job is "completed"
     And the job's progress_percent is 100.0
     And the job's current_operation is "Completed"

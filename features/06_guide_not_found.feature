@@ -8,6 +8,7 @@ Feature: Testing guide - Scenario 6: Job not found on VMA
     And the VMA does not know the job
     When the OMA API is restarted
     Then the logs show "not found on VMA"
+    And the logs show "Job {job} not found on VMA (404) - likely completed or lost"
     And the logs show "Job {job} not found on VMA but was >90% complete - assuming completed"
     And the job is "completed"
     And the job's progress_percent is 100
@@ -19,6 +20,7 @@ Feature: Testing guide - Scenario 6: Job not found on VMA
     And the VMA does not know the job
     When the OMA API is restarted
     Then the logs show "not found on VMA"
+    And the logs show "Job {job} not found on VMA (404) - likely completed or lost"
     And the logs show "Job {job} not found on VMA and was <90% complete - marking as lost"
     And the job is "failed" with classification "job_lost"
     And the VM context allows new operations

@@ -145,6 +145,22 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job is "completed"
     And the VM context allows new operations
 
+  Scenario: A final status the database refuses during startup recovery is reported, and written later
+    Given the health monitor checks every 60000 ms
+    And a replicating job at 95% last updated 3 minutes ago
+    And the VMA reports the job completed
+    When the database rejects every write that finalizes the job
+    And the OMA API is restarted
+    Then the logs show "Failed to recover job {job}: "
+    And the recovery summary shows "Errors: 1"
+    And the logs do not show "Failed to finalize job {job}"
+    And the job stays "replicating"
+    When the database accepts the job's writes again
+    And I POST "/api/v1/job-recovery/trigger"
+    Then the response field "summary/completed" is 1
+    And the job is "completed"
+    And the VM context allows new operations
+
   Scenario Outline: A job <status> outside the OMA stops being polled
     Given the OMA API is running
     And a replication job was started through the API
@@ -176,6 +192,7 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     When two OMA API processes start at the same time
     Then every completed job is finalized exactly once
     And every running job is polled by exactly one process
+    And the logs show "Reconciled 6 jobs: asked the VMA in"
 
   @regression
   Scenario: Defect 16 - a slow VMA never causes overlapping polls or bursts

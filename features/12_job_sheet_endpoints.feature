@@ -21,6 +21,12 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the response field "summary/completed" is 1
     And the job is "completed"
     And the recovery metadata shows method "manual"
+    When I GET "/api/v1/job-recovery/status"
+    Then the response field "runs" is 3
+    And the response field "last_run/trigger" is "manual"
+    And the response field "totals/total_processed" is 1
+    And the response field "totals/completed" is 1
+    And the response field "totals/planned" is 0
 
   Scenario: A caller hanging up does not cut a manual recovery short
     Given the health monitor checks every 60000 ms
@@ -59,6 +65,11 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the response field "polls_total" is at least 2
     And the response fields "polls_successful" and "polls_total" are equal
     And the response field "success_rate" is 1
+    When I POST "/api/v1/job-recovery/trigger"
+    Then the response status is 200
+    And the response field "summary/total_processed" is 0
+    And the response field "skipped_being_polled" lists the job
+    And the logs show "1 unfinished jobs are being polled by a live poller - left to it"
     When I GET "/api/v1/vma-polling/jobs/{job}"
     Then the response status is 200
     And the response field "is_polling" is "true"

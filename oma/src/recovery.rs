@@ -298,24 +298,26 @@ pub async fn startup_recovery(shared: Arc<Shared>, poller: Poller, tracker: Reco
 mod tests {
     use super::*;
 
+    const EVERY_OUTCOME: [Outcome; 14] = [
+        Outcome::PollingRestarted,
+        Outcome::StillRunning,
+        Outcome::NotFoundWithinGrace,
+        Outcome::UnreachableLeftForRetry,
+        Outcome::Completed,
+        Outcome::CompletedAssumed,
+        Outcome::FailedOnVma,
+        Outcome::Lost,
+        Outcome::UnreachableTimedOut,
+        Outcome::Stalled,
+        Outcome::AlreadyFinal,
+        Outcome::OwnedElsewhere,
+        Outcome::Planned,
+        Outcome::Error,
+    ];
+
     #[test]
     fn summary_counts_every_outcome_once() {
-        let outcomes = [
-            Outcome::PollingRestarted,
-            Outcome::StillRunning,
-            Outcome::NotFoundWithinGrace,
-            Outcome::UnreachableLeftForRetry,
-            Outcome::Completed,
-            Outcome::CompletedAssumed,
-            Outcome::FailedOnVma,
-            Outcome::Lost,
-            Outcome::UnreachableTimedOut,
-            Outcome::Stalled,
-            Outcome::AlreadyFinal,
-            Outcome::OwnedElsewhere,
-            Outcome::Planned,
-            Outcome::Error,
-        ];
+        let outcomes = EVERY_OUTCOME;
         let mut s = RecoverySummary::default();
         for o in outcomes {
             s.count(o);
@@ -333,5 +335,26 @@ mod tests {
         let text = s.log_text();
         assert!(text.starts_with("✅ Job recovery completed:"));
         assert!(text.contains("Still running (polling restarted): 2"));
+        assert_eq!(s.polling_restarted, 1);
+    }
+
+    #[test]
+    fn totals_add_every_field() {
+        // Distinct counts per outcome, so a field added to the wrong place or not at all shows.
+        let mut run = RecoverySummary::default();
+        for (n, o) in EVERY_OUTCOME.into_iter().enumerate() {
+            for _ in 0..=n {
+                run.count(o);
+            }
+        }
+        let mut totals = RecoverySummary::default();
+        totals.add(&run);
+        totals.add(&run);
+        let run = serde_json::to_value(&run).unwrap();
+        let totals = serde_json::to_value(&totals).unwrap();
+        for (field, n) in run.as_object().unwrap() {
+            assert!(n.as_u64().unwrap() > 0, "{field} is never counted");
+            assert_eq!(totals[field].as_u64(), Some(2 * n.as_u64().unwrap()), "{field}");
+        }
     }
 }
