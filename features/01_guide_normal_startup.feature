@@ -14,3 +14,4 @@ Feature: Testing guide - Scenario 1: Normal startup with no active jobs (baselin
     And the logs show "OMA API server started successfully"
     And the logs show "Health monitor started"
     And the API responds to a health check
+    And the OMA uses under 0.1 of a CPU core while idle

@@ -9,6 +9,7 @@ Feature: Testing guide - Scenario 2: Job still running on VMA (CRITICAL TEST)
     And the job has reached 20% progress
     When the OMA API is stopped
     Then the job is still running on the VMA
+    And the logs do not show "were not written"
     When the OMA API is started
     Then the logs show "Found 1 active jobs requiring recovery validation"
     And the logs show "Processing job: {job}"

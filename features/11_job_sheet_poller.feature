@@ -187,6 +187,19 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the database counts the job's polls again within 5 seconds
     And the logs show "Polling results are written again after"
 
+  Scenario: Poll statistics that lose a lock race are kept and retried at a measured pace
+    Given the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When every write of the job's poll statistics loses a lock race
+    Then the logs show "they are kept and written when the database answers"
+    And the job's progress is written again within 5 seconds
+    When the database takes the job's poll statistics again
+    Then the logs show "Polling results are written again after"
+    And the failed writes were retried no more than 10 times a second
+    And the database counts the job's polls again within 3 seconds
+    And the job stays "replicating"
+
   Scenario: Two OMA processes starting at once never double-poll or double-finalize
     Given 4 running jobs and 2 jobs completed on the VMA
     When two OMA API processes start at the same time

@@ -42,6 +42,9 @@ pub struct OmaWorld {
     pub held_lock: Option<sqlx::Transaction<'static, sqlx::MySql>>,
     /// A port in front of the database that refuses connections until opened (a late database).
     pub db_gate: Option<oma_acceptance::gate::Gate>,
+    /// When the database began refusing the job's poll statistics, and for how long it did.
+    pub refused_since: Option<Instant>,
+    pub refused_for: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for OmaWorld {
@@ -67,6 +70,8 @@ impl OmaWorld {
             vm_counter: 0,
             held_lock: None,
             db_gate: None,
+            refused_since: None,
+            refused_for: None,
         }
     }
 

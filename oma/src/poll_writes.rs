@@ -217,6 +217,24 @@ mod tests {
     }
 
     #[test]
+    fn pending_knows_when_it_is_empty_and_close_stops_the_loop() {
+        let mut p = Pending::default();
+        assert!(p.is_empty());
+        assert_eq!(p.jobs(), 0);
+        let progress = |job: &str| ProgressWrite {
+            job_id: job.into(),
+            progress: crate::vma_client::VmaProgress::default(),
+            progress_changed: false,
+        };
+        assert!(p.add(WriteMsg::Progress(progress("a"))));
+        assert!(!p.is_empty());
+        assert!(p.add(WriteMsg::Progress(progress("b"))));
+        assert!(p.add(polled("a", None)));
+        assert_eq!(p.jobs(), 2, "two jobs with progress, one of them with statistics");
+        assert!(!p.add(WriteMsg::Close));
+    }
+
+    #[test]
     fn a_failed_write_goes_back_beneath_newer_results() {
         let mut older = Pending::default();
         older.add(polled("a", Some("old")));

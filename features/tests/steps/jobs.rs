@@ -8,6 +8,7 @@ use cucumber::{given, then, when};
 use oma_acceptance::SeedJob;
 use serde_json::{json, Value};
 
+use super::logs::lines_with;
 use super::WAIT;
 use crate::OmaWorld;
 
@@ -705,9 +706,37 @@ async fn database_refuses_stats(world: &mut OmaWorld) {
         .await;
 }
 
+/// A write the database refuses as a lost lock race (SQLSTATE 40001) is one worth retrying: the
+/// OMA keeps the statistics and tries again.
+#[when(regex = r"^every write of the job's poll statistics loses a lock race$")]
+async fn stats_lose_lock_race(world: &mut OmaWorld) {
+    let refusal = "OLD.job_id = '{job}' AND NEW.polls_total <> OLD.polls_total";
+    refuse_updates(world, "oma_test_refuse_stats", "vma_polling_state", refusal, "40001", "lock race lost").await;
+    world.refused_since = Some(std::time::Instant::now());
+}
+
 #[when(regex = r"^the database takes the job's poll statistics again$")]
 async fn database_takes_stats_again(world: &mut OmaWorld) {
     drop_trigger(world, "oma_test_refuse_stats").await;
+    world.refused_for = world.refused_since.map(|t| t.elapsed());
+}
+
+/// The writer pauses between failed writes (100 ms): it does not hammer a database that fails
+/// at once. Reads the count from "Polling results are written again after N failed writes".
+#[then(regex = r"^the failed writes were retried no more than (\d+) times a second$")]
+async fn retry_pace(world: &mut OmaWorld, per_second: f64) {
+    let refused_for = world.refused_for.expect("the database refused the statistics for a while first");
+    let line = lines_with(world, "Polling results are written again after").pop().expect("the recovery line");
+    let failed: f64 = line
+        .split("after ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of failed writes in {line:?}"));
+    // The first failure comes without a pause, and a write under way when the refusal ended may
+    // still fail: two more than the pace allows.
+    let most = per_second * refused_for.as_secs_f64() + 2.0;
+    assert!(failed >= 1.0 && failed <= most, "{failed} failed writes in {refused_for:?}, more than {most:.0}: {line}");
 }
 
 /// `vma_polling_state.polls_total` grows: statistics are written again.

@@ -26,7 +26,7 @@ async fn any_oma_logged(world: &OmaWorld, needle: &str) -> Result<(), String> {
 }
 
 /// Every OMA's log lines that contain `needle`.
-fn lines_with(world: &OmaWorld, needle: &str) -> Vec<String> {
+pub(crate) fn lines_with(world: &OmaWorld, needle: &str) -> Vec<String> {
     world.lab().omas.iter().flat_map(|o| o.log.lines()).filter(|l| l.contains(needle)).collect()
 }
 

@@ -164,6 +164,18 @@ async fn starts_without_errors(world: &mut OmaWorld) {
     assert!(errors.is_empty(), "error lines in the log: {errors:#?}");
 }
 
+/// An OMA with nothing to do does not spin: its own CPU time (from /proc, so a loaded machine
+/// does not inflate it) over one second stays under `limit` of a core.
+#[then(regex = r"^the OMA uses under (\d+(?:\.\d+)?) of a CPU core while idle$")]
+async fn idle_cpu(world: &mut OmaWorld, limit: f64) {
+    let pid = world.lab().oma().pid().expect("oma-api runs");
+    let cpu = || oma_acceptance::bench::ProcUsage::of(pid).unwrap_or_else(|e| panic!("{e:#}")).cpu_s();
+    let (before, started) = (cpu(), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = (cpu() - before) / started.elapsed().as_secs_f64();
+    assert!(used < limit, "an idle oma-api used {used:.2} of a core (limit {limit})");
+}
+
 #[then(regex = r"^the OMA API exits cleanly on SIGTERM within (\d+) seconds$")]
 async fn exits_cleanly_within(world: &mut OmaWorld, secs: u64) {
     let started = std::time::Instant::now();
