@@ -317,9 +317,8 @@ mod tests {
 
     #[test]
     fn summary_counts_every_outcome_once() {
-        let outcomes = EVERY_OUTCOME;
         let mut s = RecoverySummary::default();
-        for o in outcomes {
+        for o in EVERY_OUTCOME {
             s.count(o);
         }
         let v = serde_json::to_value(&s).unwrap();
@@ -330,8 +329,8 @@ mod tests {
             .filter(|(k, _)| *k != "total_processed" && *k != "polling_restarted")
             .map(|(_, v)| v.as_u64().unwrap())
             .sum();
-        assert_eq!(s.total_processed, outcomes.len());
-        assert_eq!(per_field as usize, outcomes.len(), "{v}");
+        assert_eq!(s.total_processed, EVERY_OUTCOME.len());
+        assert_eq!(per_field as usize, EVERY_OUTCOME.len(), "{v}");
         let text = s.log_text();
         assert!(text.starts_with("✅ Job recovery completed:"));
         assert!(text.contains("Still running (polling restarted): 2"));

@@ -701,23 +701,28 @@ async fn drop_trigger(world: &OmaWorld, name: &str) {
 /// trigger makes MariaDB refuse every change of the job's poll count in `vma_polling_state`.
 #[when(regex = r"^the database refuses every write of the job's poll statistics$")]
 async fn database_refuses_stats(world: &mut OmaWorld) {
-    let refusal = "OLD.job_id = '{job}' AND NEW.polls_total <> OLD.polls_total";
-    refuse_updates(world, "oma_test_refuse_stats", "vma_polling_state", refusal, "45000", "poll statistics refused")
-        .await;
+    refuse_stats(world, "45000", "poll statistics refused").await;
 }
+
+/// Every change of the job's poll count in `vma_polling_state` fails with `sqlstate`.
+async fn refuse_stats(world: &OmaWorld, sqlstate: &str, what: &str) {
+    let refusal = "OLD.job_id = '{job}' AND NEW.polls_total <> OLD.polls_total";
+    refuse_updates(world, STATS_TRIGGER, "vma_polling_state", refusal, sqlstate, what).await;
+}
+
+const STATS_TRIGGER: &str = "oma_test_refuse_stats";
 
 /// A write the database refuses as a lost lock race (SQLSTATE 40001) is one worth retrying: the
 /// OMA keeps the statistics and tries again.
 #[when(regex = r"^every write of the job's poll statistics loses a lock race$")]
 async fn stats_lose_lock_race(world: &mut OmaWorld) {
-    let refusal = "OLD.job_id = '{job}' AND NEW.polls_total <> OLD.polls_total";
-    refuse_updates(world, "oma_test_refuse_stats", "vma_polling_state", refusal, "40001", "lock race lost").await;
+    refuse_stats(world, "40001", "lock race lost").await;
     world.refused_since = Some(std::time::Instant::now());
 }
 
 #[when(regex = r"^the database takes the job's poll statistics again$")]
 async fn database_takes_stats_again(world: &mut OmaWorld) {
-    drop_trigger(world, "oma_test_refuse_stats").await;
+    drop_trigger(world, STATS_TRIGGER).await;
     world.refused_for = world.refused_since.map(|t| t.elapsed());
 }
 
