@@ -82,6 +82,7 @@ async fn health(State(state): State<Arc<SimState>>) -> Response {
         "listener_up": state.listener_up(),
         "jobs": inner.jobs.len(),
         "journal_total": inner.journal.total_recorded(),
+        "hot_path_answers": state.hot_path_answers(),
         "uptime_ms": state.uptime().as_millis() as u64,
     }))
     .into_response()

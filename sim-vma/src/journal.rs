@@ -1,6 +1,7 @@
 //! A bounded ring of requests and per-job counters: polls, first/last poll, minimum gap between
 //! polls and the most requests in flight at once. The suite proves "exactly one poller" with it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
@@ -14,11 +15,11 @@ pub const MAX_TRACKED_JOBS: usize = 100_000;
 pub struct Entry {
     pub seq: u64,
     pub at: DateTime<Utc>,
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub path: String,
     /// The job the request resolved to (by id or export name), if any.
     pub job: Option<String>,
-    pub outcome: String,
+    pub outcome: &'static str,
     pub status: u16,
     pub latency_ms: f64,
 }
@@ -150,7 +151,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             job: None,
-            outcome: "ok".into(),
+            outcome: "ok",
             status: 200,
             latency_ms: 0.1,
         }

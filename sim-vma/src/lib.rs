@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod control;
+mod hot;
 pub mod journal;
 pub mod model;
 pub mod scenario;

@@ -376,9 +376,14 @@ pub fn progress_body(job: &Job, now: DateTime<Utc>) -> String {
     w.value(",\"current_operation\":", current_operation(&job.status, &job.phase));
     w.value(",\"bytes_transferred\":", &job.bytes_transferred);
     w.value(",\"total_bytes\":", &job.total_bytes);
-    w.value(",\"throughput\":{\"current_mbps\":", &mbps);
-    w.value(",\"average_mbps\":", &mbps);
-    w.value(",\"peak_mbps\":", &mbps);
+    // Current, average and peak are one figure here: formatted once.
+    let mbps = serde_json::to_string(&mbps).expect("a number serializes");
+    w.raw(",\"throughput\":{\"current_mbps\":");
+    w.raw(&mbps);
+    w.raw(",\"average_mbps\":");
+    w.raw(&mbps);
+    w.raw(",\"peak_mbps\":");
+    w.raw(&mbps);
     w.stamp(",\"last_update\":", &now_text);
     w.stamp("},\"timing\":{\"start_time\":", &start_text);
     w.stamp(",\"last_update\":", &now_text);

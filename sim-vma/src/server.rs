@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -100,6 +100,16 @@ impl Inner {
         self.jobs.insert(job.job_id.clone(), job);
     }
 
+    /// Begin a poll of `id`: its reply is decided and the journal sees the poll start. `None` for
+    /// an id that is neither a job nor an export name.
+    pub(crate) fn begin_poll(&mut self, id: &str, now: DateTime<Utc>) -> Option<BegunPoll> {
+        let job_id = self.resolve(id)?;
+        let job = self.jobs.get_mut(&job_id).expect("resolved");
+        let (reply, delay) = answer_poll(job, now);
+        self.journal.poll_started(&job_id, now);
+        Some(BegunPoll { job_id, reply, delay, now })
+    }
+
     pub fn remove_job(&mut self, id: &str) -> bool {
         match self.jobs.remove(id) {
             Some(job) => {
@@ -114,6 +124,59 @@ impl Inner {
     }
 }
 
+/// A poll of a known job, begun under the state's lock; the caller waits out `delay`, then
+/// [`SimState::finish_poll`] journals it and gives the answer.
+pub(crate) struct BegunPoll {
+    job_id: String,
+    reply: Reply,
+    pub delay: Option<Duration>,
+    now: DateTime<Utc>,
+}
+
+/// The headers of a fixed-body answer, as the real VMA's handlers set them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Json,
+    /// Progress: JSON that must not be cached.
+    JsonNoCache,
+    /// Go's `http.Error`.
+    Text,
+}
+
+impl Kind {
+    pub fn headers(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Kind::Json => &[("content-type", "application/json")],
+            Kind::JsonNoCache => &[("content-type", "application/json"), ("cache-control", "no-cache")],
+            Kind::Text => &[("content-type", "text/plain; charset=utf-8"), ("x-content-type-options", "nosniff")],
+        }
+    }
+}
+
+/// An answer with a fixed body. hyper sends it ([`Plain::into_response`]) or the hot path writes
+/// it ([`crate::hot`]); `tests/wire.rs` proves both give the same bytes.
+#[derive(Debug)]
+pub(crate) struct Plain {
+    pub status: StatusCode,
+    pub kind: Kind,
+    pub body: Bytes,
+}
+
+impl Plain {
+    fn new(status: StatusCode, kind: Kind, body: impl Into<Bytes>) -> Plain {
+        Plain { status, kind, body: body.into() }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut r = Response::new(Body::from(self.body));
+        *r.status_mut() = self.status;
+        for (name, value) in self.kind.headers() {
+            r.headers_mut().insert(*name, HeaderValue::from_static(value));
+        }
+        r
+    }
+}
+
 /// Shared state of one simulator.
 pub struct SimState {
     pub seed: u64,
@@ -124,6 +187,10 @@ pub struct SimState {
     restart_epoch: Mutex<u64>,
     started: Instant,
     pub vma_addr: SocketAddr,
+    /// Plain progress polls are answered by [`crate::hot`] (see [`SimConfig::hot_path`]).
+    hot_path: bool,
+    /// Polls the hot path has answered (shown on the control API's health).
+    pub(crate) hot_answers: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,7 +227,7 @@ impl JobView {
 }
 
 impl SimState {
-    fn new(seed: u64, journal_capacity: usize, vma_addr: SocketAddr) -> (Arc<SimState>, watch::Receiver<bool>) {
+    fn new(config: &SimConfig, seed: u64, vma_addr: SocketAddr) -> (Arc<SimState>, watch::Receiver<bool>) {
         let (tx, rx) = watch::channel(true);
         let state = SimState {
             seed,
@@ -170,7 +237,7 @@ impl SimState {
                 faults: Faults::default(),
                 fault_epoch: 0,
                 rng: StdRng::seed_from_u64(seed),
-                journal: Journal::new(journal_capacity),
+                journal: Journal::new(config.journal_capacity),
                 replicate_defaults: JobSpec { mode: "running".into(), start_percent: Some(0.0), ..JobSpec::default() },
             }),
             listener_up: tx,
@@ -178,6 +245,8 @@ impl SimState {
             restart_epoch: Mutex::new(0),
             started: Instant::now(),
             vma_addr,
+            hot_path: config.hot_path,
+            hot_answers: Default::default(),
         };
         (Arc::new(state), rx)
     }
@@ -188,6 +257,11 @@ impl SimState {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Polls answered without hyper so far.
+    pub fn hot_path_answers(&self) -> u64 {
+        self.hot_answers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn listener_up(&self) -> bool {
@@ -360,34 +434,58 @@ impl SimState {
         Ok(())
     }
 
-    fn record(&self, method: &str, path: &str, job: Option<&str>, outcome: &str, status: u16, started: Instant) {
-        let entry = journal_entry(method, path, job, outcome, status, Utc::now(), started);
+    /// Journal a begun poll and give its answer (its delay, if any, already waited out).
+    pub(crate) fn finish_poll(&self, poll: BegunPoll, path: &str, started: Instant) -> Plain {
+        let text = |status: StatusCode, body: &'static str| Plain::new(status, Kind::Text, body);
+        let error = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (outcome, plain) = match poll.reply {
+            Reply::Progress(body) => ("progress", Plain::new(StatusCode::OK, Kind::JsonNoCache, body)),
+            Reply::NotFound => ("not_found", text(StatusCode::NOT_FOUND, "job not found\n")),
+            Reply::Http200NotFound => ("http200_not_found", text(StatusCode::OK, "job not found\n")),
+            Reply::Status(code) => ("error_status", text(error(code), "internal server error\n")),
+            Reply::Malformed(_, body) => ("malformed", Plain::new(StatusCode::OK, Kind::Json, body)),
+        };
+        let mut inner = self.lock();
+        inner.journal.poll_finished(&poll.job_id, outcome);
+        // The poll's entry carries its start time: the suite measures poll cadence from it.
+        let status = plain.status.as_u16();
+        inner.journal.record(journal_entry("GET".into(), path, Some(poll.job_id), outcome, status, poll.now, started));
+        plain
+    }
+
+    /// The answer to a poll of an id nobody knows, journalled.
+    pub(crate) fn unknown_job(&self, path: &str, started: Instant) -> Plain {
+        self.record("GET", path, None, "unknown_job", 404, started);
+        Plain::new(StatusCode::NOT_FOUND, Kind::Text, "job not found\n")
+    }
+
+    fn record(
+        &self,
+        method: impl Into<Cow<'static, str>>,
+        path: &str,
+        job: Option<&str>,
+        outcome: &'static str,
+        status: u16,
+        started: Instant,
+    ) {
+        let entry = journal_entry(method.into(), path, job.map(str::to_string), outcome, status, Utc::now(), started);
         self.lock().journal.record(entry);
     }
 }
 
 /// One journal entry (and its debug log line) for a request that started at `at` / `started`.
 fn journal_entry(
-    method: &str,
+    method: Cow<'static, str>,
     path: &str,
-    job: Option<&str>,
-    outcome: &str,
+    job: Option<String>,
+    outcome: &'static str,
     status: u16,
     at: chrono::DateTime<Utc>,
     started: Instant,
 ) -> crate::journal::Entry {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    debug!(method, path, job, outcome, status, latency_ms, "VMA request");
-    crate::journal::Entry {
-        seq: 0,
-        at,
-        method: method.to_string(),
-        path: path.to_string(),
-        job: job.map(str::to_string),
-        outcome: outcome.to_string(),
-        status,
-        latency_ms,
-    }
+    debug!(%method, path, job, outcome, status, latency_ms, "VMA request");
+    crate::journal::Entry { seq: 0, at, method, path: path.to_string(), job, outcome, status, latency_ms }
 }
 
 /// The running simulator: both listeners and their tasks.
@@ -405,6 +503,9 @@ pub struct SimConfig {
     pub control: SocketAddr,
     pub seed: Option<u64>,
     pub journal_capacity: usize,
+    /// Answer plain progress polls without hyper while no fault is set (the default; the answers
+    /// are the same bytes, at about half the CPU). Off: hyper serves every request.
+    pub hot_path: bool,
 }
 
 impl Default for SimConfig {
@@ -414,6 +515,7 @@ impl Default for SimConfig {
             control: "127.0.0.1:0".parse().expect("static"),
             seed: None,
             journal_capacity: crate::journal::DEFAULT_CAPACITY,
+            hot_path: true,
         }
     }
 }
@@ -426,7 +528,7 @@ impl SimVma {
         let vma_addr = vma_listener.local_addr()?;
         let control_listener = TcpListener::bind(config.control).await?;
         let control_addr = control_listener.local_addr()?;
-        let (state, up_rx) = SimState::new(seed, config.journal_capacity, vma_addr);
+        let (state, up_rx) = SimState::new(&config, seed, vma_addr);
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(accept_loop(state.clone(), vma_listener, up_rx, cancel.clone()));
@@ -557,7 +659,19 @@ async fn serve_connection(state: Arc<SimState>, sock: TcpStream) {
         _ => {}
     }
     let _ = sock.set_nodelay(true);
-    let io = hyper_util::rt::TokioIo::new(sock);
+    let io = if state.hot_path {
+        let hot = crate::hot::serve(&state, sock);
+        tokio::select! {
+            handed_over = hot => match handed_over {
+                Some(rest) => rest,
+                None => return,
+            },
+            _ = kill.cancelled() => return,
+        }
+    } else {
+        crate::hot::Rewind::whole(sock)
+    };
+    let io = hyper_util::rt::TokioIo::new(io);
     // Shared by reference count: cloning a CancellationToken per request would take its lock.
     let conn_kill = Arc::new(kill.clone());
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -584,7 +698,7 @@ async fn handle(state: &SimState, kill: &CancellationToken, req: Request<Incomin
         (decide_faults(&inner.faults, &mut inner.rng), close_after)
     };
     if decision.unreachable == Some(UnreachableMode::HangAfterHeaders) {
-        state.record(req.method().as_str(), req.uri().path(), None, "fault_hang_after_headers", 200, started);
+        state.record(req.method().to_string(), req.uri().path(), None, "fault_hang_after_headers", 200, started);
         let stream = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"job_id\":")) })
             .chain(futures::stream::once(
                 kill.clone().cancelled_owned().map(|()| Err(std::io::Error::other("connection dropped"))),
@@ -595,7 +709,7 @@ async fn handle(state: &SimState, kill: &CancellationToken, req: Request<Incomin
         tokio::time::sleep(latency).await;
     }
     if let Some(status) = decision.error_status {
-        state.record(req.method().as_str(), req.uri().path(), None, "fault_error_status", status, started);
+        state.record(req.method().to_string(), req.uri().path(), None, "fault_error_status", status, started);
         return text(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "internal server error\n",
@@ -611,7 +725,7 @@ async fn handle(state: &SimState, kill: &CancellationToken, req: Request<Incomin
 /// The VMA's routes (gorilla mux in the real VMA). Path parameters are percent-decoded, as Go
 /// decodes `URL.Path` before matching.
 #[derive(Debug, PartialEq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Health,
     Progress(Cow<'a, str>),
     Update(Cow<'a, str>),
@@ -620,7 +734,7 @@ enum Route<'a> {
 }
 
 impl<'a> Route<'a> {
-    fn of(path: &'a str) -> Option<Route<'a>> {
+    pub(crate) fn of(path: &'a str) -> Option<Route<'a>> {
         let rest = path.strip_prefix("/api/v1/")?;
         let param = |segment: &'a str| {
             (!segment.is_empty() && !segment.contains('/')).then(|| percent_decode_str(segment).decode_utf8_lossy())
@@ -731,48 +845,14 @@ fn health(state: &SimState, started: Instant) -> Response<Body> {
 }
 
 async fn progress(state: &SimState, id: &str, path: &str, started: Instant) -> Response<Body> {
-    let now = Utc::now();
-    let answer = {
-        let mut inner = state.lock();
-        match inner.resolve(id) {
-            None => None,
-            Some(job_id) => {
-                let job = inner.jobs.get_mut(&job_id).expect("resolved");
-                let (reply, delay) = answer_poll(job, now);
-                inner.journal.poll_started(&job_id, now);
-                Some((job_id, reply, delay))
-            }
-        }
+    let begun = state.lock().begin_poll(id, Utc::now());
+    let Some(poll) = begun else {
+        return state.unknown_job(path, started).into_response();
     };
-    let Some((job_id, reply, delay)) = answer else {
-        state.record("GET", path, None, "unknown_job", 404, started);
-        return text(StatusCode::NOT_FOUND, "job not found\n");
-    };
-    if let Some(d) = delay {
+    if let Some(d) = poll.delay {
         tokio::time::sleep(d).await;
     }
-    let (outcome, response) = match reply {
-        Reply::Progress(body) => {
-            let mut r = json_response(StatusCode::OK, body);
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            ("progress", r)
-        }
-        Reply::NotFound => ("not_found", text(StatusCode::NOT_FOUND, "job not found\n")),
-        Reply::Http200NotFound => ("http200_not_found", text(StatusCode::OK, "job not found\n")),
-        Reply::Status(code) => (
-            "error_status",
-            text(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "internal server error\n"),
-        ),
-        Reply::Malformed(_, body) => ("malformed", json_response(StatusCode::OK, body)),
-    };
-    let status = response.status().as_u16();
-    // The poll's entry carries its start time: the suite measures poll cadence from it.
-    let entry = journal_entry("GET", path, Some(&job_id), outcome, status, now, started);
-    let mut inner = state.lock();
-    inner.journal.poll_finished(&job_id, outcome);
-    inner.journal.record(entry);
-    drop(inner);
-    response
+    state.finish_poll(poll, path, started).into_response()
 }
 
 fn update(state: &SimState, id: &str, path: &str, body: &[u8], started: Instant) -> Response<Body> {

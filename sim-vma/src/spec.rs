@@ -241,6 +241,13 @@ pub struct Faults {
     pub clear_after: Option<Duration>,
 }
 
+impl Faults {
+    /// No fault acts on connections or requests (a `clear_after` alone does nothing).
+    pub fn is_none(&self) -> bool {
+        self.unreachable.is_none() && self.latency.is_none() && self.error_rate.is_none()
+    }
+}
+
 fn probability(field: &str, p: Option<f64>) -> Result<f64, SpecError> {
     let p = p.unwrap_or(1.0);
     if !(0.0..=1.0).contains(&p) || p.is_nan() {

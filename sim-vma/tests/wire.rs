@@ -444,7 +444,7 @@ fn the_journal_stays_bounded_after_a_million_requests() {
             method: "GET".into(),
             path: "/api/v1/progress/job-1".into(),
             job: Some("job-1".into()),
-            outcome: "progress".into(),
+            outcome: "progress",
             status: 200,
             latency_ms: i as f64,
         }
@@ -488,4 +488,220 @@ fn tempfile_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sim-vma-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A raw HTTP/1.1 connection: what goes out is exactly what is written, and each answer is read
+/// whole (head and `content-length` body).
+struct RawConn {
+    sock: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One answer as it came: the status line, the headers in order, the body.
+#[derive(Debug)]
+struct RawAnswer {
+    status_line: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+impl RawConn {
+    async fn to(sim: &SimVma) -> RawConn {
+        RawConn { sock: tokio::net::TcpStream::connect(sim.vma_addr()).await.unwrap(), buf: vec![] }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        tokio::io::AsyncWriteExt::write_all(&mut self.sock, bytes).await.unwrap();
+    }
+
+    async fn get(&mut self, path: &str) -> RawAnswer {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: sim\r\nAccept: application/json\r\n\r\n").as_bytes()).await;
+        self.answer().await
+    }
+
+    async fn answer(&mut self) -> RawAnswer {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = response.parse(&self.buf).expect("a response head") {
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
+                    .collect();
+                let status_line =
+                    String::from_utf8_lossy(&self.buf[..self.buf.windows(2).position(|w| w == b"\r\n").unwrap()])
+                        .into_owned();
+                let length: usize =
+                    headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+                if self.buf.len() >= head + length {
+                    let body = self.buf[head..head + length].to_vec();
+                    self.buf.drain(..head + length);
+                    return RawAnswer { status_line, headers, body };
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, tokio::io::AsyncReadExt::read(&mut self.sock, &mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "connection closed with {} bytes of an answer", self.buf.len());
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Body text with every run of digits as `0`: timestamps, elapsed times and a ramp's progress
+/// differ between two polls, the rest of the text must not.
+fn digits_masked(body: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(body).chars() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('0') || out.is_empty() {
+            out.push('0');
+        }
+    }
+    out
+}
+
+async fn hot_answers(control: &ControlClient) -> u64 {
+    control.health().await.unwrap()["hot_path_answers"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn the_hot_path_answers_every_kind_of_poll_byte_for_byte_as_hyper_does() {
+    let (sim, control, _) = sim(5).await;
+    let jobs = [
+        ("run", json!({"mode": "running", "start_percent": 42})),
+        ("done", json!({"mode": "completed"})),
+        ("failed", json!({"mode": "failed", "message": "disk \"read\" error\n\u{00e9}"})),
+        ("stale", json!({"mode": "stale"})),
+        ("slow", json!({"mode": "slow", "delay": "20ms"})),
+        ("gone", json!({"mode": "not_found"})),
+        ("h200", json!({"mode": "http200_not_found"})),
+        ("e503", json!({"mode": "error", "status": 503})),
+        ("e599", json!({"mode": "error", "status": 599})),
+        ("not-json", json!({"mode": "malformed", "kind": "not_json"})),
+        ("truncated", json!({"mode": "malformed", "kind": "truncated"})),
+        ("wrong-types", json!({"mode": "malformed", "kind": "wrong_types"})),
+        ("oversized", json!({"mode": "malformed", "kind": "oversized"})),
+        ("a b", json!({"mode": "completed"})),
+        ("named", json!({"mode": "running", "export_names": ["disk-a"]})),
+    ];
+    for (id, spec) in &jobs {
+        control.put_job_json(id, spec).await.unwrap();
+    }
+    let paths = jobs.iter().map(|(id, _)| format!("/api/v1/progress/{}", id.replace(' ', "%20"))).chain(
+        ["/api/v1/progress/nobody", "/api/v1/progress/disk-a", "/api/v1/progress/run?verbose=1"].map(String::from),
+    );
+
+    let mut hot = RawConn::to(&sim).await;
+    let mut hyper = RawConn::to(&sim).await;
+    // A request the hot path leaves to hyper: hyper serves this connection from then on.
+    assert!(hyper.get("/api/v1/health").await.status_line.ends_with("200 OK"));
+    for (n, path) in paths.enumerate() {
+        let before = hot_answers(&control).await;
+        let fast = hot.get(&path).await;
+        assert_eq!(hot_answers(&control).await, before + 1, "{path}: answered on the hot path");
+        let slow = hyper.get(&path).await;
+        assert_eq!(hot_answers(&control).await, before + 1, "{path}: answered by hyper");
+
+        assert_eq!(fast.status_line, slow.status_line, "{path}");
+        let names = |a: &RawAnswer| a.headers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&fast), names(&slow), "{path}: header names and order");
+        for (name, value) in &slow.headers {
+            match name.as_str() {
+                "date" => assert!(httpdate::parse_http_date(fast.header("date").unwrap()).is_ok(), "{path}"),
+                "content-length" => assert_eq!(fast.header(name).unwrap(), fast.body.len().to_string(), "{path}"),
+                _ => assert_eq!(fast.header(name), Some(value.as_str()), "{path}: {name}"),
+            }
+        }
+        assert_eq!(digits_masked(&fast.body), digits_masked(&slow.body), "{path}: body");
+
+        // Both answers are journalled alike.
+        let journal = control.journal(None, 2).await.unwrap();
+        let entries = journal["entries"].as_array().expect("entries");
+        let key = |e: &Value| {
+            (e["method"].clone(), e["path"].clone(), e["job"].clone(), e["outcome"].clone(), e["status"].clone())
+        };
+        assert_eq!(key(&entries[0]), key(&entries[1]), "{path} (request {n}): {journal}");
+    }
+    let not_hot = SimVma::start(SimConfig { hot_path: false, ..SimConfig::default() }).await.unwrap();
+    control_of(&not_hot).put_job_json("run", &json!({"mode": "completed"})).await.unwrap();
+    assert!(RawConn::to(&not_hot).await.get("/api/v1/progress/run").await.status_line.ends_with("200 OK"));
+    assert_eq!(hot_answers(&control_of(&not_hot)).await, 0, "hot_path: false leaves every poll to hyper");
+}
+
+fn control_of(sim: &SimVma) -> ControlClient {
+    ControlClient::new(&sim.control_url())
+}
+
+#[tokio::test]
+async fn a_hot_connection_hands_faults_bodies_and_odd_requests_to_hyper() {
+    let (sim, control, _) = sim(6).await;
+    control.put_job_json("job", &json!({"mode": "completed"})).await.unwrap();
+    let hot_now = || async { hot_answers(&control).await };
+
+    // A fault set while the connection is hot: hyper answers with the fault, and keeps the
+    // connection once the fault is gone.
+    let mut conn = RawConn::to(&sim).await;
+    assert!(conn.get("/api/v1/progress/job").await.status_line.ends_with("200 OK"));
+    assert_eq!(hot_now().await, 1);
+    control.set_faults_json(&json!({"error_rate": {"status": 500, "probability": 1.0}})).await.unwrap();
+    let faulted = conn.get("/api/v1/progress/job").await;
+    assert!(faulted.status_line.starts_with("HTTP/1.1 500"), "{faulted:?}");
+    assert_eq!(faulted.body, b"internal server error\n");
+    control.clear_faults().await.unwrap();
+    assert!(conn.get("/api/v1/progress/job").await.status_line.ends_with("200 OK"));
+    assert_eq!(hot_now().await, 1, "the connection stays with hyper");
+    let journal = control.journal(Some("job"), 10).await.unwrap();
+    assert_eq!(journal["entries"].as_array().unwrap().len(), 2, "the faulted poll reached no job: {journal}");
+
+    // Pipelined: a hot poll, then a request for hyper, in one write; answered in order.
+    let mut conn = RawConn::to(&sim).await;
+    conn.send(b"GET /api/v1/progress/job HTTP/1.1\r\nHost: s\r\n\r\nGET /api/v1/health HTTP/1.1\r\nHost: s\r\n\r\n")
+        .await;
+    assert!(String::from_utf8_lossy(&conn.answer().await.body).contains("\"job_id\":\"job\""));
+    assert!(String::from_utf8_lossy(&conn.answer().await.body).contains("\"status\":\"healthy\""));
+    assert_eq!(hot_now().await, 2);
+
+    // A head that arrives in pieces is still a hot poll.
+    let mut conn = RawConn::to(&sim).await;
+    conn.send(b"GET /api/v1/progress/jo").await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    conn.send(b"b HTTP/1.1\r\nHost: s\r\n").await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    conn.send(b"\r\n").await;
+    assert!(conn.answer().await.status_line.ends_with("200 OK"));
+    assert_eq!(hot_now().await, 3);
+
+    // A body: hyper reads it whole (the update is applied) and keeps the connection.
+    let mut conn = RawConn::to(&sim).await;
+    let update = br#"{"status":"in_progress","percent":12}"#;
+    conn.send(format!("POST /api/v1/progress/fresh/update HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", update.len()).as_bytes()).await;
+    conn.send(update).await;
+    let updated = conn.answer().await;
+    assert!(String::from_utf8_lossy(&updated.body).contains("auto_initialized"), "{updated:?}");
+    assert!(conn.get("/api/v1/progress/fresh").await.status_line.ends_with("200 OK"));
+    assert_eq!(hot_now().await, 3);
+
+    // A head larger than the hot path's buffer, and one that does not parse.
+    let mut conn = RawConn::to(&sim).await;
+    let big = format!("GET /api/v1/progress/job HTTP/1.1\r\nHost: s\r\nX-Big: {}\r\n\r\n", "x".repeat(12 * 1024));
+    conn.send(big.as_bytes()).await;
+    assert!(conn.answer().await.status_line.ends_with("200 OK"));
+    let mut conn = RawConn::to(&sim).await;
+    conn.send(b"\x01\x02 not http\r\n\r\n").await;
+    let refused = conn.answer().await;
+    assert!(refused.status_line.starts_with("HTTP/1.1 400"), "{refused:?}");
+    assert_eq!(hot_now().await, 3);
 }

@@ -24,6 +24,10 @@ struct Cli {
     /// Requests kept in the journal
     #[arg(long, default_value_t = sim_vma::journal::DEFAULT_CAPACITY)]
     journal_capacity: usize,
+    /// Serve every request through hyper, plain progress polls too (they are answered without it
+    /// by default: the same bytes at about half the CPU)
+    #[arg(long)]
+    no_hot_path: bool,
 }
 
 #[tokio::main]
@@ -53,7 +57,13 @@ async fn main() {
         None => None,
     };
     let seed = cli.seed.or(scenario.as_ref().and_then(|s| s.seed));
-    let config = SimConfig { listen: cli.listen, control: cli.control, seed, journal_capacity: cli.journal_capacity };
+    let config = SimConfig {
+        listen: cli.listen,
+        control: cli.control,
+        seed,
+        journal_capacity: cli.journal_capacity,
+        hot_path: !cli.no_hot_path,
+    };
     let sim = match SimVma::start(config).await {
         Ok(s) => s,
         Err(e) => {
