@@ -49,7 +49,7 @@ pub fn rss_kib() -> u64 {
 }
 
 /// The resident set of `/proc/<pid>`, KiB (0 where it is unreadable).
-fn rss_kib_of(pid: impl std::fmt::Display) -> u64 {
+pub fn rss_kib_of(pid: impl std::fmt::Display) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_kib(&s, "VmRSS:")).unwrap_or(0)
 }
 

@@ -1,12 +1,14 @@
 //! sim-vma against wiremock (issue 5, measurement 4): the same progress-poll load on both servers,
-//! side by side in one run.
+//! side by side in one run, with sim-vma's hot path off and a constant-body hyper server beside
+//! them for reference.
 //!
 //! The load generator works like `wrk`: each connection is one keep-alive HTTP/1.1 socket that
 //! writes a pre-built GET, reads the whole response (head parsed by `httparse`, body by its
 //! `Content-Length`), checks the status and sends the next request. No pipelining: one request in
-//! flight per connection, as the OMA polls. By default the servers run on CPU 0 and the generator,
-//! a child process, on CPU 1, so each server is measured on one core of its own (wiremock serves
-//! on a single thread anyway); `Placement` lists the other arrangements.
+//! flight per connection, as the OMA polls. By default each round starts each server in a fresh
+//! process on CPU 0 and the generator, a child process, on CPU 1, so each server is measured on
+//! one core of its own (wiremock serves on a single thread anyway) from a clean start;
+//! `Placement` lists the other arrangements.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::bench::{rss_kib, ProcUsage};
+use crate::bench::{rss_kib, rss_kib_of, ProcUsage};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadFigures {
@@ -55,7 +57,7 @@ pub enum Placement {
     /// The servers on the first half of the CPUs, the generator (a child process) on the rest:
     /// each side has cores of its own. Needs two CPUs.
     Pinned,
-    /// Generator in a child process, everything free to use every CPU.
+    /// Servers and generator in processes of their own, free to use every CPU.
     #[value(name = "separate")]
     SeparateProcess,
     /// Generator in the servers' process (the smoke test uses this).
@@ -77,7 +79,7 @@ impl Placement {
         match self {
             Placement::Pinned => {
                 let (servers, client) = split_cpus();
-                format!("servers on CPUs {servers:?}, client process on CPUs {client:?}")
+                format!("each server in a fresh process on CPUs {servers:?}, client process on CPUs {client:?}")
             }
             Placement::SeparateProcess => "client in a separate process, no pinning".into(),
             Placement::SameProcess => "client in the servers' process".into(),
@@ -268,66 +270,127 @@ async fn read_response(sock: &mut TcpStream, buf: &mut [u8]) -> anyhow::Result<u
     }
 }
 
-/// A thread that owns the servers' runtime, optionally pinned; the runtime's workers and the
-/// threads it creates (wiremock's server thread) inherit the pinning.
-struct ServerThread {
-    handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The servers compared, in the order they take turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    /// sim-vma as the suite runs it.
+    SimVma,
+    /// A wiremock `MockServer` answering the same JSON.
+    Wiremock,
+    /// sim-vma with its hot path off: hyper answers every poll, as before the hot path.
+    SimVmaHyperOnly,
+    /// Calibration: hyper answering a constant body, with no routing, state or journal.
+    HyperFloor,
 }
 
-impl ServerThread {
-    fn start(cpus: Option<Vec<usize>>, workers: usize) -> anyhow::Result<ServerThread> {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("bench-servers".into()).spawn(move || {
-            let runtime = (|| {
-                if let Some(cpus) = &cpus {
-                    pin_current_thread(cpus)?;
-                }
-                let runtime = if workers > 1 {
-                    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
-                } else {
-                    tokio::runtime::Builder::new_current_thread().enable_all().build()?
-                };
-                anyhow::Ok(runtime)
-            })();
-            match runtime {
-                Ok(rt) => {
-                    let _ = handle_tx.send(Ok(rt.handle().clone()));
-                    let _ = rt.block_on(stop_rx);
-                }
-                Err(e) => {
-                    let _ = handle_tx.send(Err(e));
-                }
-            }
-        })?;
-        let handle = handle_rx.recv().context("server thread")??;
-        Ok(ServerThread { handle, stop: Some(stop), thread: Some(thread) })
-    }
+impl ServerKind {
+    pub const ALL: [ServerKind; 4] =
+        [ServerKind::SimVma, ServerKind::Wiremock, ServerKind::SimVmaHyperOnly, ServerKind::HyperFloor];
 
-    /// Run `fut` on the servers' runtime (or here, without a server thread).
-    async fn run<F>(this: &Option<ServerThread>, fut: F) -> anyhow::Result<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        Ok(match this {
-            Some(s) => s.handle.spawn(fut).await?,
-            None => fut.await,
-        })
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::SimVma => "sim-vma",
+            ServerKind::Wiremock => "wiremock",
+            ServerKind::SimVmaHyperOnly => "sim-vma, hot path off",
+            ServerKind::HyperFloor => "hyper floor (constant body)",
+        }
     }
 }
 
-impl Drop for ServerThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+/// A server answering the progress poll at `url` until it is dropped.
+pub struct RunningServer {
+    pub url: String,
+    _serving: Box<dyn std::any::Any + Send>,
+}
+
+const PROGRESS_PATH: &str = "/api/v1/progress/job-load";
+
+async fn started_sim(hot_path: bool) -> anyhow::Result<sim_vma::SimVma> {
+    let sim = sim_vma::SimVma::start(sim_vma::SimConfig { hot_path, ..Default::default() }).await?;
+    let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
+    sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(sim)
+}
+
+/// The JSON the servers without a simulation answer: sim-vma's for the same job.
+async fn progress_json() -> anyhow::Result<String> {
+    let sim = started_sim(true).await?;
+    let body = reqwest::get(format!("{}{PROGRESS_PATH}", sim.vma_url())).await?.error_for_status()?.text().await?;
+    sim.shutdown().await;
+    Ok(body)
+}
+
+/// Start `kind` on the current runtime.
+pub async fn start_server(kind: ServerKind) -> anyhow::Result<RunningServer> {
+    let (url, serving): (String, Box<dyn std::any::Any + Send>) = match kind {
+        ServerKind::SimVma | ServerKind::SimVmaHyperOnly => {
+            let sim = started_sim(kind == ServerKind::SimVma).await?;
+            (sim.vma_url(), Box::new(sim))
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        ServerKind::Wiremock => {
+            let body = progress_json().await?;
+            let mock = wiremock::MockServer::start().await;
+            wiremock::Mock::given(wiremock::matchers::method("GET"))
+                .and(wiremock::matchers::path(PROGRESS_PATH))
+                .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+                .mount(&mock)
+                .await;
+            (mock.uri(), Box::new(mock))
         }
+        ServerKind::HyperFloor => {
+            let (addr, task) = constant_server(Bytes::from(progress_json().await?)).await?;
+            (format!("http://{addr}"), Box::new(tokio_util::task::AbortOnDropHandle::new(task)))
+        }
+    };
+    Ok(RunningServer { url: format!("{url}{PROGRESS_PATH}"), _serving: serving })
+}
+
+/// The server child (`<this exe> --serve KIND`): pinned to `cpus`, it starts `kind` on a runtime
+/// with a worker per CPU it may use (one thread when pinned to one, as wiremock serves anyway),
+/// prints the URL to load and serves until its standard input closes.
+pub fn serve_child(kind: ServerKind, cpus: Option<&[usize]>) -> anyhow::Result<()> {
+    if let Some(cpus) = cpus {
+        pin_current_thread(cpus)?;
     }
+    let workers = allowed_cpus().len();
+    let runtime = if workers > 1 {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    };
+    runtime.block_on(async {
+        let server = start_server(kind).await?;
+        println!("{}", server.url);
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let mut rest = Vec::new();
+        tokio::io::stdin().read_to_end(&mut rest).await?;
+        drop(server);
+        anyhow::Ok(())
+    })
+}
+
+/// Start `kind` in a child process of its own; the child and the URL it serves.
+async fn spawn_server(kind: ServerKind, cpus: Option<&[usize]>) -> anyhow::Result<(tokio::process::Child, String)> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args(["--serve", clap::ValueEnum::to_possible_value(&kind).expect("not skipped").get_name()]);
+    if let Some(cpus) = cpus {
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        cmd.args(["--server-cpus", &list.join(",")]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start the {} server process", kind.name()))?;
+    let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
+    let mut url = String::new();
+    stdout.read_line(&mut url).await.context("server output")?;
+    let url = url.trim_end().to_string();
+    if !url.starts_with("http://") {
+        bail!("the {} server process did not start (it printed {url:?})", kind.name());
+    }
+    Ok((child, url))
 }
 
 /// The calibration server: hyper answering a constant body, with no routing, state or journal.
@@ -365,6 +428,20 @@ pub struct LoadSeries {
 }
 
 impl LoadSeries {
+    /// The median of this series' throughput over `other`'s, round by round. Each round of the
+    /// two ran back to back, so a ratio compares them on one state of the machine; the median of
+    /// those ratios is steadier than the ratio of two medians taken at different moments.
+    pub fn paired_ratio(&self, other: &LoadSeries) -> f64 {
+        let mut ratios: Vec<f64> =
+            self.rounds.iter().zip(&other.rounds).map(|(a, b)| a.requests_per_second / b.requests_per_second).collect();
+        ratios.sort_by(f64::total_cmp);
+        match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        }
+    }
+
     /// The round with the median throughput (the lower middle one for an even count).
     pub fn median(&self) -> &LoadFigures {
         let mut by_rate: Vec<&LoadFigures> = self.rounds.iter().collect();
@@ -373,10 +450,12 @@ impl LoadSeries {
     }
 }
 
-/// The same progress-poll load on sim-vma, on a wiremock `MockServer` answering the same JSON and
-/// on the constant hyper server (calibration). The servers take turns, `rounds` times, so a drift
-/// of the machine's speed (shared virtual CPUs drift by tens of percent) touches all three alike.
-/// sim-vma runs once for all rounds; each wiremock round gets a fresh `MockServer`.
+/// The same progress-poll load on every [`ServerKind`]. The servers take turns, `rounds` times,
+/// so a drift of the machine's speed (shared virtual CPUs drift by tens of percent) touches all
+/// of them alike. Outside the same-process placement each round starts each server in a fresh
+/// process and measures that process: wiremock keeps every request it is sent (over a GiB a
+/// round), and in a process whose heap an earlier round had grown it ran up to twice as fast as
+/// a wiremock started anew, as a test starts one.
 pub async fn sim_vs_wiremock(
     connections: usize,
     duration: Duration,
@@ -388,67 +467,49 @@ pub async fn sim_vs_wiremock(
     if placement == Placement::Pinned && client_cpus.is_empty() {
         bail!("pinned placement needs two CPUs and this process may use {all_cpus}; use separate or same");
     }
-    let servers = match placement {
-        Placement::Pinned => Some(ServerThread::start(Some(server_cpus.clone()), server_cpus.len())?),
-        Placement::SeparateProcess => Some(ServerThread::start(None, all_cpus)?),
-        Placement::SameProcess => None,
-    };
-    let client_cpus = (placement == Placement::Pinned).then_some(client_cpus);
-    let run = |server: &'static str, url: String| {
-        let client_cpus = client_cpus.clone();
-        async move {
-            match placement {
-                Placement::SameProcess => load(server, &url, connections, duration, || {}).await,
-                _ => load_from_child(server, &url, connections, duration, client_cpus).await,
-            }
-        }
-    };
-
-    let sim = ServerThread::run(&servers, async {
-        let sim = sim_vma::SimVma::start(sim_vma::SimConfig::default()).await?;
-        let spec: sim_vma::spec::JobSpec = serde_json::from_value(json!({"mode": "running", "start_percent": 42}))?;
-        sim.state.put_job("job-load", &spec).map_err(|e| anyhow::anyhow!("{e}"))?;
-        anyhow::Ok(sim)
-    })
-    .await??;
-    let sim_url = format!("{}/api/v1/progress/job-load", sim.vma_url());
-    let body = reqwest::get(&sim_url).await?.error_for_status()?.text().await?;
-    let (floor_addr, floor) = ServerThread::run(&servers, constant_server(Bytes::from(body.clone()))).await??;
-    let floor_url = format!("http://{floor_addr}/api/v1/progress/job-load");
-
-    let mut series = [
-        LoadSeries { server: "sim-vma", rounds: vec![] },
-        LoadSeries { server: "wiremock", rounds: vec![] },
-        LoadSeries { server: "hyper floor (constant body)", rounds: vec![] },
-    ];
+    let pinned = placement == Placement::Pinned;
+    let mut series = ServerKind::ALL.map(|kind| LoadSeries { server: kind.name(), rounds: vec![] });
     for _ in 0..rounds.max(1) {
-        series[0].rounds.push(run(series[0].server, sim_url.clone()).await?);
-
-        let mock = ServerThread::run(&servers, wiremock::MockServer::start()).await?;
-        wiremock::Mock::given(wiremock::matchers::method("GET"))
-            .and(wiremock::matchers::path("/api/v1/progress/job-load"))
-            .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(body.clone(), "application/json"))
-            .mount(&mock)
-            .await;
-        series[1].rounds.push(run(series[1].server, format!("{}/api/v1/progress/job-load", mock.uri())).await?);
-        drop(mock);
-
-        series[2].rounds.push(run(series[2].server, floor_url.clone()).await?);
+        for (kind, series) in ServerKind::ALL.into_iter().zip(series.iter_mut()) {
+            let figures = match placement {
+                Placement::SameProcess => {
+                    let server = start_server(kind).await?;
+                    load(kind.name(), &server.url, connections, duration, || {}).await?
+                }
+                _ => {
+                    let (mut server, url) = spawn_server(kind, pinned.then_some(&server_cpus[..])).await?;
+                    let pid = server.id().context("server process id")?;
+                    let figures = load_from_child(
+                        kind.name(),
+                        &url,
+                        connections,
+                        duration,
+                        pid,
+                        pinned.then_some(&client_cpus[..]),
+                    )
+                    .await;
+                    drop(server.stdin.take());
+                    if tokio::time::timeout(Duration::from_secs(5), server.wait()).await.is_err() {
+                        server.kill().await?;
+                    }
+                    figures?
+                }
+            };
+            series.rounds.push(figures);
+        }
     }
-    ServerThread::run(&servers, sim.shutdown()).await?;
-    floor.abort();
-    drop(servers);
     Ok(series.into())
 }
 
-/// Run the load generator as a child process (`<this exe> --load-client URL`), measuring this
-/// process's CPU and RSS while it serves.
+/// Run the load generator as a child process (`<this exe> --load-client URL`), measuring the
+/// server process `server_pid`'s CPU and RSS while it serves.
 async fn load_from_child(
     server: &str,
     url: &str,
     connections: usize,
     duration: Duration,
-    cpus: Option<Vec<usize>>,
+    server_pid: u32,
+    cpus: Option<&[usize]>,
 ) -> anyhow::Result<LoadFigures> {
     let exe = std::env::current_exe()?;
     let mut cmd = tokio::process::Command::new(exe);
@@ -466,25 +527,24 @@ async fn load_from_child(
     }
     let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn()?;
     let mut stdout = BufReader::new(child.stdout.take().context("load client stdout")?);
-    // Sample this process over the child's measured window, which it announces after its warm-up.
+    // Sample the server over the child's measured window, which it announces after its warm-up.
     let mut line = String::new();
     stdout.read_line(&mut line).await.context("load client output")?;
     if line.trim_end() != MEASURING {
         bail!("load client for {server} did not start measuring (it printed {line:?})");
     }
-    let me = std::process::id();
-    let cpu0 = ProcUsage::of(me)?;
-    let rss0 = rss_kib();
+    let cpu0 = ProcUsage::of(server_pid)?;
+    let rss0 = rss_kib_of(server_pid);
     let mut report = String::new();
     stdout.read_to_string(&mut report).await.context("load client output")?;
     let status = child.wait().await?;
-    let cpu1 = ProcUsage::of(me)?;
+    let cpu1 = ProcUsage::of(server_pid)?;
     if !status.success() {
         bail!("load client for {server} failed ({status})");
     }
     let mut figures: LoadFigures = serde_json::from_str(&report).context("load client output")?;
     figures.server = server.to_string();
-    figures.rss_growth_mib = (rss_kib() as f64 - rss0 as f64) / 1024.0;
+    figures.rss_growth_mib = (rss_kib_of(server_pid) as f64 - rss0 as f64) / 1024.0;
     let per_1k = |seconds: f64| seconds * 1000.0 / (figures.requests as f64 / 1000.0);
     figures.server_cpu_per_1k =
         Some(CpuPer1k { user_ms: per_1k(cpu1.user_s - cpu0.user_s), system_ms: per_1k(cpu1.system_s - cpu0.system_s) });
@@ -566,5 +626,11 @@ mod tests {
         };
         let series = LoadSeries { server: "s", rounds: vec![round(3.0), round(1.0), round(2.0)] };
         assert_eq!(series.median().requests_per_second, 2.0);
+        // Round by round: 3/1, 1/2, 2/4.
+        let other = LoadSeries { server: "o", rounds: vec![round(1.0), round(2.0), round(4.0)] };
+        assert_eq!(series.paired_ratio(&other), 0.5);
+        let even = LoadSeries { server: "e", rounds: vec![round(2.0), round(6.0)] };
+        let base = LoadSeries { server: "b", rounds: vec![round(1.0), round(2.0)] };
+        assert_eq!(even.paired_ratio(&base), 2.5);
     }
 }

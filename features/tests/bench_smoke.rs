@@ -18,6 +18,6 @@ async fn benchmarks_run_at_a_smoke_size() {
     let outage = bench::outage(20, Duration::from_millis(200), Duration::from_secs(1)).await.unwrap();
     assert!(outage.rss_peak_during_mib > 0.0 && outage.all_fresh_after_return > Duration::ZERO, "{outage:?}");
     let load = loadgen::sim_vs_wiremock(4, Duration::from_millis(500), Placement::SameProcess, 1).await.unwrap();
-    assert_eq!(load.len(), 3);
+    assert_eq!(load.len(), 4);
     assert!(load.iter().all(|s| s.rounds.len() == 1 && s.median().requests > 0 && s.median().errors == 0), "{load:?}");
 }

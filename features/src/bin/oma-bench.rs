@@ -34,7 +34,7 @@ struct Cli {
     #[arg(long, default_value = "10s")]
     load_duration: humantime::Duration,
     /// sim-vma vs wiremock: the servers take turns this many times; the median round is reported
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Where the load generator runs: pinned (servers and client process on CPUs of their own;
     /// the default with two or more CPUs), separate (client process, no pinning) or same (one
@@ -47,6 +47,12 @@ struct Cli {
     /// Internal: the CPUs the load-generating child pins itself to
     #[arg(long, hide = true, value_delimiter = ',')]
     client_cpus: Option<Vec<usize>>,
+    /// Internal: act as a server child for the sim-vma vs wiremock load, serving until stdin closes
+    #[arg(long, hide = true, value_enum)]
+    serve: Option<loadgen::ServerKind>,
+    /// Internal: the CPUs the server child pins itself to
+    #[arg(long, hide = true, value_delimiter = ',')]
+    server_cpus: Option<Vec<usize>>,
 }
 
 fn ms(d: Duration) -> String {
@@ -55,6 +61,9 @@ fn ms(d: Duration) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(kind) = cli.serve {
+        return loadgen::serve_child(kind, cli.server_cpus.as_deref());
+    }
     if let Some(url) = &cli.load_client {
         // Pin before the runtime exists, so its worker threads inherit the CPU.
         if let Some(cpus) = &cli.client_cpus {
@@ -162,17 +171,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let rates: Vec<String> = s.rounds.iter().map(|r| format!("{:.0}", r.requests_per_second)).collect();
             println!("- {}: {}", s.server, rates.join(", "));
         }
-        if let [sim, mock, floor] = series.as_slice() {
-            let (sim, mock, floor) = (sim.median(), mock.median(), floor.median());
-            let rate =
-                |a: &loadgen::LoadFigures, b: &loadgen::LoadFigures| a.requests_per_second / b.requests_per_second;
-            println!("\nsim-vma / wiremock throughput: {:.2}x", rate(sim, mock));
+        if let [sim, mock, hyper_sim, floor] = series.as_slice() {
+            let rate = |a: &loadgen::LoadSeries, b: &loadgen::LoadSeries| {
+                a.median().requests_per_second / b.median().requests_per_second
+            };
+            let per_round = |a: &loadgen::LoadSeries, b: &loadgen::LoadSeries| {
+                let ratios: Vec<String> = a
+                    .rounds
+                    .iter()
+                    .zip(&b.rounds)
+                    .map(|(x, y)| format!("{:.2}", x.requests_per_second / y.requests_per_second))
+                    .collect();
+                ratios.join(", ")
+            };
             println!(
-                "hyper floor / wiremock throughput: {:.2}x (the most a hyper server reaches here); sim-vma reaches {:.0} % of the floor",
-                rate(floor, mock),
+                "\nsim-vma / wiremock throughput: {:.2}x paired (median of the rounds' ratios {}); {:.2}x of the medians",
+                sim.paired_ratio(mock),
+                per_round(sim, mock),
+                rate(sim, mock)
+            );
+            println!(
+                "sim-vma / sim-vma with its hot path off: {:.2}x paired; hot path off / wiremock: {:.2}x paired",
+                sim.paired_ratio(hyper_sim),
+                hyper_sim.paired_ratio(mock)
+            );
+            println!(
+                "hyper floor / wiremock throughput: {:.2}x paired (a hyper server with no work of its own); sim-vma reaches {:.0} % of it",
+                floor.paired_ratio(mock),
                 100.0 * rate(sim, floor)
             );
-            if let (Some(a), Some(b)) = (sim.server_cpu_per_1k, mock.server_cpu_per_1k) {
+            if let (Some(a), Some(b)) = (sim.median().server_cpu_per_1k, mock.median().server_cpu_per_1k) {
                 println!(
                     "wiremock / sim-vma server CPU per request: {:.2}x in all, {:.2}x in user space",
                     b.total_ms() / a.total_ms(),
