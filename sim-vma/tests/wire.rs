@@ -563,12 +563,14 @@ impl RawConn {
 /// differ between two polls, the rest of the text must not.
 fn digits_masked(body: &[u8]) -> String {
     let mut out = String::new();
+    let mut in_digits = false;
     for c in String::from_utf8_lossy(body).chars() {
-        if !c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('0') || out.is_empty() {
-            out.push('0');
+        match (c.is_ascii_digit(), in_digits) {
+            (false, _) => out.push(c),
+            (true, false) => out.push('0'),
+            (true, true) => {}
         }
+        in_digits = c.is_ascii_digit();
     }
     out
 }
@@ -704,4 +706,23 @@ async fn a_hot_connection_hands_faults_bodies_and_odd_requests_to_hyper() {
     let refused = conn.answer().await;
     assert!(refused.status_line.starts_with("HTTP/1.1 400"), "{refused:?}");
     assert_eq!(hot_now().await, 3);
+}
+
+#[tokio::test]
+async fn reqwest_polls_as_the_oma_does_take_the_hot_path() {
+    let (sim, control, _) = sim(7).await;
+    control.put_job_json("job", &json!({"mode": "running"})).await.unwrap();
+    // Built like the OMA's VMA client (oma/src/vma_client.rs): pooled keep-alive connections.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let (status, content_type, body) = get(&http, &sim, "job").await.unwrap();
+        assert_eq!((status, content_type.as_str()), (200, "application/json"));
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["job_id"] == "job");
+    }
+    assert_eq!(hot_answers(&control).await, 5);
 }
