@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 hyper_sim.paired_ratio(mock)
             );
             println!(
-                "hyper floor / wiremock throughput: {:.2}x paired (a hyper server with no work of its own); sim-vma reaches {:.0} % of it",
+                "minimal server / wiremock throughput: {:.2}x paired (the most any server reaches here); sim-vma reaches {:.0} % of it",
                 floor.paired_ratio(mock),
                 100.0 * rate(sim, floor)
             );
