@@ -172,3 +172,46 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
       | an unknown endpoint         | I GET "/api/v1/no-such-thing"                                 | 404    | Not found              | no such endpoint      |
       | a body that is not JSON     | I POST "/api/v1/replications"                                 | 400    | Invalid request body   | EOF                   |
       | stopping an unpolled job    | I DELETE "/api/v1/vma-polling/jobs/job-never-seen"            | 404    | Job not polled         | is not being polled   |
+
+  Scenario: The progress proxy passes the VMA's answer through, and a job no longer polled keeps its polling record
+    Given the health monitor checks every 60000 ms
+    And the OMA API is running
+    And a replication job was started through the API
+    And the job has reached 20% progress
+    When I GET "/api/v1/progress/{job}"
+    Then the response status is 200
+    And the response field "job_id" is "{job}"
+    And the response field "status" is "in_progress"
+    And the response field "phase" is "Transfer"
+    And the response field "percentage" is at least 20
+    When polling of the job is stopped through the API
+    And I GET "/api/v1/vma-polling/jobs/{job}"
+    Then the response status is 200
+    And the response field "is_polling" is "false"
+    And the response field "persisted_state/job_id" is "{job}"
+    And the response field "persisted_state/is_active" is "false"
+    And the response field "persisted_state/polls_total" is at least 2
+
+  Scenario Outline: The VM context and the unified jobs list show a <status> <type> job as the database holds it
+    Given a <status> job at <pct>% last updated 3 minutes ago
+    And the job is an <type> replication
+    And the OMA API is running
+    When I GET "/api/v1/vm-contexts/ctx-vm-{job}"
+    Then the response status is 200
+    And the response field "context_id" is "ctx-vm-{job}"
+    And the response field "vm_name" is "vm-{job}"
+    And the response field "vm_path" is "/DC1/vm/vm-{job}"
+    And the response field "datacenter" is "DC1"
+    When I GET "/api/v1/vm-contexts/ctx-vm-{job}/recent-jobs"
+    Then the response status is 200
+    And the response field "count" is 1
+    And the response field "jobs/0/job_id" is "{job}"
+    And the response field "jobs/0/status" is "<status>"
+    And the response field "jobs/0/display_name" is "<display>"
+
+    Examples:
+      | status    | pct | type        | display                 |
+      | completed | 100 | initial     | Replication Completed   |
+      | completed | 100 | incremental | Replication Completed   |
+      | failed    | 40  | initial     | Initial Replication     |
+      | failed    | 40  | incremental | Incremental Replication |

@@ -53,6 +53,25 @@ async fn seed_new_job(world: &mut OmaWorld, status: &str, pct: f64, minutes: f64
     id
 }
 
+/// `replication_type` of the scenario's seeded job (seeded as `initial`).
+#[given(regex = r"^the job is an (initial|incremental) replication$")]
+async fn replication_type(world: &mut OmaWorld, kind: String) {
+    let job = world.job();
+    let pool = world.lab().pool();
+    sqlx::query("UPDATE replication_jobs SET replication_type = ? WHERE id = ?")
+        .bind(&kind)
+        .bind(&job)
+        .execute(pool)
+        .await
+        .expect("UPDATE replication_jobs");
+    let now: String = sqlx::query_scalar("SELECT replication_type FROM replication_jobs WHERE id = ?")
+        .bind(&job)
+        .fetch_one(pool)
+        .await
+        .expect("the seeded job");
+    assert_eq!(now, kind, "job {job}");
+}
+
 #[given(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
 #[when(regex = r"^an? (\w+) job at (\d+(?:\.\d+)?)% last updated (\d+(?:\.\d+)?) minutes? ago that was never polled$")]
 async fn seeded_never_polled(world: &mut OmaWorld, status: String, pct: f64, minutes: f64) {
