@@ -61,8 +61,8 @@ pub(crate) async fn serve(state: &SimState, mut sock: TcpStream) -> Option<Rewin
     }
 }
 
-/// The answer to one hot request, or `None` when a fault is set (hyper must answer it: the fault
-/// plan draws per request, and only hyper's path draws).
+/// The answer to one hot request, or `None` for one hyper must answer: a route other than
+/// progress, or any fault set (the fault plan draws per request, and only hyper's path draws).
 async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Instant) -> Option<Plain> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let Some(crate::server::Route::Progress(id)) = crate::server::Route::of(path) else {
