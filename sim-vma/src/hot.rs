@@ -10,7 +10,7 @@
 //! answers come from the same functions as hyper's path and are written byte for byte as hyper
 //! writes them (`tests/wire.rs` compares the two paths over every kind of reply).
 
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use crate::server::{Plain, SimState};
 
 /// hyper's initial read buffer: a request head larger than this goes to hyper.
-pub(crate) const READ_BUFFER: usize = 8 * 1024;
+const READ_BUFFER: usize = 8 * 1024;
 /// More headers than this go to hyper (which allows 100).
 const MAX_HEADERS: usize = 32;
 
@@ -75,15 +75,7 @@ async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Ins
         }
         inner.begin_poll(&id, now)
     };
-    Some(match begun {
-        None => state.unknown_job(path, started),
-        Some(poll) => {
-            if let Some(d) = poll.delay {
-                tokio::time::sleep(d).await;
-            }
-            state.finish_poll(poll, path, started)
-        }
-    })
+    Some(state.complete_poll(begun, path, started).await)
 }
 
 /// The length and request target of a complete hot request at the start of `bytes`; `None` for
@@ -125,7 +117,7 @@ fn head_complete_or_bad(bytes: &[u8]) -> bool {
 
 /// The response as hyper's HTTP/1.1 encoder writes it: status line (hyper's `<none>` for a code
 /// without a reason phrase), the answer's headers in order, `content-length`, `date`, body.
-pub(crate) fn write_http1(plain: &Plain, date: &str, out: &mut Vec<u8>) {
+fn write_http1(plain: &Plain, date: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(plain.status.as_str().as_bytes());
     out.push(b' ');
@@ -136,9 +128,8 @@ pub(crate) fn write_http1(plain: &Plain, date: &str, out: &mut Vec<u8>) {
             out.extend_from_slice(part);
         }
     }
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(plain.body.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\ndate: ");
+    // Formatted into `out` itself: no allocation per poll.
+    write!(out, "content-length: {}\r\ndate: ", plain.body.len()).expect("writing to a Vec");
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(&plain.body);

@@ -124,12 +124,12 @@ impl Inner {
     }
 }
 
-/// A poll of a known job, begun under the state's lock; the caller waits out `delay`, then
-/// [`SimState::finish_poll`] journals it and gives the answer.
+/// A poll of a known job, begun under the state's lock; [`SimState::complete_poll`] waits out
+/// its delay, journals it and gives the answer.
 pub(crate) struct BegunPoll {
     job_id: String,
     reply: Reply,
-    pub delay: Option<Duration>,
+    delay: Option<Duration>,
     now: DateTime<Utc>,
 }
 
@@ -165,6 +165,11 @@ pub(crate) struct Plain {
 impl Plain {
     fn new(status: StatusCode, kind: Kind, body: impl Into<Bytes>) -> Plain {
         Plain { status, kind, body: body.into() }
+    }
+
+    /// Go's `http.Error`.
+    fn text(status: StatusCode, body: impl Into<Bytes>) -> Plain {
+        Plain::new(status, Kind::Text, body)
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -434,15 +439,23 @@ impl SimState {
         Ok(())
     }
 
-    /// Journal a begun poll and give its answer (its delay, if any, already waited out).
-    pub(crate) fn finish_poll(&self, poll: BegunPoll, path: &str, started: Instant) -> Plain {
-        let text = |status: StatusCode, body: &'static str| Plain::new(status, Kind::Text, body);
+    /// The answer to a poll of `path` that [`Inner::begin_poll`] began (`None`: an id nobody
+    /// knows), after the poll's delay, journalled. Both the hyper path and the hot path answer
+    /// polls through it.
+    pub(crate) async fn complete_poll(&self, begun: Option<BegunPoll>, path: &str, started: Instant) -> Plain {
+        let Some(poll) = begun else {
+            self.record("GET", path, None, "unknown_job", 404, started);
+            return Plain::text(StatusCode::NOT_FOUND, "job not found\n");
+        };
+        if let Some(d) = poll.delay {
+            tokio::time::sleep(d).await;
+        }
         let error = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let (outcome, plain) = match poll.reply {
             Reply::Progress(body) => ("progress", Plain::new(StatusCode::OK, Kind::JsonNoCache, body)),
-            Reply::NotFound => ("not_found", text(StatusCode::NOT_FOUND, "job not found\n")),
-            Reply::Http200NotFound => ("http200_not_found", text(StatusCode::OK, "job not found\n")),
-            Reply::Status(code) => ("error_status", text(error(code), "internal server error\n")),
+            Reply::NotFound => ("not_found", Plain::text(StatusCode::NOT_FOUND, "job not found\n")),
+            Reply::Http200NotFound => ("http200_not_found", Plain::text(StatusCode::OK, "job not found\n")),
+            Reply::Status(code) => ("error_status", Plain::text(error(code), "internal server error\n")),
             Reply::Malformed(_, body) => ("malformed", Plain::new(StatusCode::OK, Kind::Json, body)),
         };
         let mut inner = self.lock();
@@ -451,12 +464,6 @@ impl SimState {
         let status = plain.status.as_u16();
         inner.journal.record(journal_entry("GET".into(), path, Some(poll.job_id), outcome, status, poll.now, started));
         plain
-    }
-
-    /// The answer to a poll of an id nobody knows, journalled.
-    pub(crate) fn unknown_job(&self, path: &str, started: Instant) -> Plain {
-        self.record("GET", path, None, "unknown_job", 404, started);
-        Plain::new(StatusCode::NOT_FOUND, Kind::Text, "job not found\n")
     }
 
     fn record(
@@ -811,14 +818,12 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Body>
 }
 
 /// A plain-text answer as Go's `http.Error` writes it.
-fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
-    let mut r = respond(status, "text/plain; charset=utf-8", body);
-    r.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    r
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Plain::text(status, body).into_response()
 }
 
 fn json_response(status: StatusCode, body: String) -> Response<Body> {
-    respond(status, "application/json", body)
+    Plain::new(status, Kind::Json, body).into_response()
 }
 
 /// Go's `time.Duration` text (e.g. `1m2.5s`), as the real VMA prints `uptime`.
@@ -846,13 +851,7 @@ fn health(state: &SimState, started: Instant) -> Response<Body> {
 
 async fn progress(state: &SimState, id: &str, path: &str, started: Instant) -> Response<Body> {
     let begun = state.lock().begin_poll(id, Utc::now());
-    let Some(poll) = begun else {
-        return state.unknown_job(path, started).into_response();
-    };
-    if let Some(d) = poll.delay {
-        tokio::time::sleep(d).await;
-    }
-    state.finish_poll(poll, path, started).into_response()
+    state.complete_poll(begun, path, started).await.into_response()
 }
 
 fn update(state: &SimState, id: &str, path: &str, body: &[u8], started: Instant) -> Response<Body> {
