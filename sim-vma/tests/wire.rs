@@ -513,7 +513,10 @@ impl RawAnswer {
 
 impl RawConn {
     async fn to(sim: &SimVma) -> RawConn {
-        RawConn { sock: tokio::net::TcpStream::connect(sim.vma_addr()).await.unwrap(), buf: vec![] }
+        let sock = tokio::net::TcpStream::connect(sim.vma_addr()).await.unwrap();
+        // Each write leaves at once: a test that splits a head sends it in pieces for real.
+        sock.set_nodelay(true).unwrap();
+        RawConn { sock, buf: vec![] }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -676,7 +679,8 @@ async fn a_hot_connection_hands_faults_bodies_and_odd_requests_to_hyper() {
     assert!(String::from_utf8_lossy(&conn.answer().await.body).contains("\"status\":\"healthy\""));
     assert_eq!(hot_now().await, 2);
 
-    // A head that arrives in pieces is still a hot poll.
+    // A head that arrives in pieces is still a hot poll. The pauses are not waits for a state:
+    // they keep the pieces in separate reads on the server's side.
     let mut conn = RawConn::to(&sim).await;
     conn.send(b"GET /api/v1/progress/jo").await;
     tokio::time::sleep(Duration::from_millis(30)).await;
