@@ -367,26 +367,38 @@ pub fn serve_child(kind: ServerKind, cpus: Option<&[usize]>) -> anyhow::Result<(
     })
 }
 
-/// Start `kind` in a child process of its own; the child and the URL it serves.
-async fn spawn_server(kind: ServerKind, cpus: Option<&[usize]>) -> anyhow::Result<(tokio::process::Child, String)> {
+/// A child of this bench (`<this exe> ARGS`, pinned with `CPU_FLAG LIST` when `cpus` is given),
+/// with its standard input and output piped: the child, and its output with the first line read.
+async fn bench_child(
+    what: &str,
+    args: &[&str],
+    cpus: Option<(&str, &[usize])>,
+) -> anyhow::Result<(tokio::process::Child, BufReader<tokio::process::ChildStdout>, String)> {
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-    cmd.args(["--serve", clap::ValueEnum::to_possible_value(&kind).expect("not skipped").get_name()]);
-    if let Some(cpus) = cpus {
+    cmd.args(args);
+    if let Some((flag, cpus)) = cpus {
         let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-        cmd.args(["--server-cpus", &list.join(",")]);
+        cmd.args([flag, &list.join(",")]);
     }
     let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("start the {} server process", kind.name()))?;
-    let mut stdout = BufReader::new(child.stdout.take().context("server stdout")?);
-    let mut url = String::new();
-    stdout.read_line(&mut url).await.context("server output")?;
-    let url = url.trim_end().to_string();
+        .with_context(|| format!("start the {what} process"))?;
+    let mut stdout = BufReader::new(child.stdout.take().context("child stdout")?);
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.with_context(|| format!("{what} output"))?;
+    Ok((child, stdout, first.trim_end().to_string()))
+}
+
+/// Start `kind` in a child process of its own; the child and the URL it serves.
+async fn spawn_server(kind: ServerKind, cpus: Option<&[usize]>) -> anyhow::Result<(tokio::process::Child, String)> {
+    let name = clap::ValueEnum::to_possible_value(&kind).expect("not skipped");
+    let what = format!("{} server", kind.name());
+    let (child, _, url) = bench_child(&what, &["--serve", name.get_name()], cpus.map(|c| ("--server-cpus", c))).await?;
     if !url.starts_with("http://") {
-        bail!("the {} server process did not start (it printed {url:?})", kind.name());
+        bail!("the {what} process did not start (it printed {url:?})");
     }
     Ok((child, url))
 }
@@ -453,14 +465,18 @@ impl LoadSeries {
     /// two ran back to back, so a ratio compares them on one state of the machine; the median of
     /// those ratios is steadier than the ratio of two medians taken at different moments.
     pub fn paired_ratio(&self, other: &LoadSeries) -> f64 {
-        let mut ratios: Vec<f64> =
-            self.rounds.iter().zip(&other.rounds).map(|(a, b)| a.requests_per_second / b.requests_per_second).collect();
+        let mut ratios = self.round_ratios(other);
         ratios.sort_by(f64::total_cmp);
         match ratios.len() {
             0 => f64::NAN,
             n if n % 2 == 1 => ratios[n / 2],
             n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
         }
+    }
+
+    /// This series' throughput over `other`'s in each round, in the order the rounds ran.
+    pub fn round_ratios(&self, other: &LoadSeries) -> Vec<f64> {
+        self.rounds.iter().zip(&other.rounds).map(|(a, b)| a.requests_per_second / b.requests_per_second).collect()
     }
 
     /// The round with the median throughput (the lower middle one for an even count).
@@ -532,27 +548,13 @@ async fn load_from_child(
     server_pid: u32,
     cpus: Option<&[usize]>,
 ) -> anyhow::Result<LoadFigures> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args([
-        "--load-client",
-        url,
-        "--connections",
-        &connections.to_string(),
-        "--load-duration",
-        &format!("{}ms", duration.as_millis()),
-    ]);
-    if let Some(cpus) = cpus {
-        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
-        cmd.args(["--client-cpus", &list.join(",")]);
-    }
-    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn()?;
-    let mut stdout = BufReader::new(child.stdout.take().context("load client stdout")?);
-    // Sample the server over the child's measured window, which it announces after its warm-up.
-    let mut line = String::new();
-    stdout.read_line(&mut line).await.context("load client output")?;
-    if line.trim_end() != MEASURING {
-        bail!("load client for {server} did not start measuring (it printed {line:?})");
+    let (connections, duration) = (connections.to_string(), format!("{}ms", duration.as_millis()));
+    let args = ["--load-client", url, "--connections", &connections, "--load-duration", &duration];
+    let what = format!("load client for {server}");
+    // The first line announces the measured window, after the warm-up: the server is sampled over it.
+    let (mut child, mut stdout, line) = bench_child(&what, &args, cpus.map(|c| ("--client-cpus", c))).await?;
+    if line != MEASURING {
+        bail!("{what} did not start measuring (it printed {line:?})");
     }
     let cpu0 = ProcUsage::of(server_pid)?;
     let rss0 = rss_kib_of(server_pid);

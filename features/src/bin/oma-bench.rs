@@ -176,13 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 a.median().requests_per_second / b.median().requests_per_second
             };
             let per_round = |a: &loadgen::LoadSeries, b: &loadgen::LoadSeries| {
-                let ratios: Vec<String> = a
-                    .rounds
-                    .iter()
-                    .zip(&b.rounds)
-                    .map(|(x, y)| format!("{:.2}", x.requests_per_second / y.requests_per_second))
-                    .collect();
-                ratios.join(", ")
+                a.round_ratios(b).iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
             };
             println!(
                 "\nsim-vma / wiremock throughput: {:.2}x paired (median of the rounds' ratios {}); {:.2}x of the medians",
