@@ -457,3 +457,38 @@ async fn a_lock_wait_timeout_is_a_lost_lock_race() {
     holder.rollback().await.unwrap();
     lab.teardown().await;
 }
+
+/// Recovery's lease claim runs beside finalizations and can lose a lock race to one; it is run
+/// again rather than failing every job of the round (the suite once saw a health-monitor round
+/// re-attach none of its orphans). Here the race is a lock wait timeout against a session that
+/// holds the job's lease row for longer than one wait.
+#[tokio::test]
+async fn a_lease_claim_that_loses_a_lock_race_is_run_again() {
+    let lab = Lab::new("claim-race").await.unwrap();
+    lab.seed_job(&SeedJob::replicating("job-claimed", 40.0, 1.0)).await.unwrap();
+    let url = lab.db.as_ref().expect("the lab's database").url.clone();
+    let impatient = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(
+                async move { sqlx::query("SET SESSION innodb_lock_wait_timeout = 1").execute(conn).await.map(|_| ()) },
+            )
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut holder = lab.pool().begin().await.unwrap();
+    sqlx::query("SELECT job_id FROM vma_polling_state WHERE job_id = 'job-claimed' FOR UPDATE")
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the seeded job has a lease row");
+    let claim = tokio::spawn(async move {
+        oma::db::claim_polling_many(&impatient, &["job-claimed".to_string()], "oma-a", Duration::from_secs(30)).await
+    });
+    // The premise, not a wait for a state: the row stays locked past the first 1 s lock wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    holder.rollback().await.unwrap();
+    let claimed = claim.await.unwrap().expect("the claim is run again after losing the race");
+    assert!(claimed.contains("job-claimed"), "{claimed:?}");
+    lab.teardown().await;
+}

@@ -600,12 +600,21 @@ async fn finalize_chunk_retrying(
     pool: &MySqlPool,
     chunk: &[(String, Finalization)],
 ) -> Result<Vec<Finalized>, sqlx::Error> {
-    let mut attempt = 0;
+    retrying_lock_races(|| try_finalize_chunk(pool, chunk)).await
+}
+
+/// Run `attempt` (work that is safe to run again) up to five times while it loses a lock race,
+/// a little later each time.
+async fn retrying_lock_races<T, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<T, sqlx::Error>
+where
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut tries = 0;
     loop {
-        attempt += 1;
-        match try_finalize_chunk(pool, chunk).await {
-            Err(e) if attempt < 5 && lost_a_lock_race(&e) => {
-                tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
+        tries += 1;
+        match attempt().await {
+            Err(e) if tries < 5 && lost_a_lock_race(&e) => {
+                tokio::time::sleep(Duration::from_millis(5 * tries)).await;
             }
             result => return result,
         }
@@ -768,40 +777,50 @@ pub async fn claim_polling_many(
     let lease_us = lease.as_micros() as i64;
     let mut claimed = HashSet::new();
     for chunk in job_ids.chunks(BATCH_ROWS) {
-        let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
-            "INSERT IGNORE INTO vma_polling_state (job_id, owner_instance, lease_expires_at, started_polling_at, is_active) ",
-        );
-        qb.push_values(chunk, |mut b, id| {
-            b.push_bind(id.as_str())
-                .push_bind(owner)
-                .push("NOW(3) + INTERVAL ")
-                .push_bind_unseparated(lease_us)
-                .push_unseparated(" MICROSECOND")
-                .push("NOW(3)")
-                .push("1");
-        });
-        qb.build().execute(pool).await?;
-        let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state SET owner_instance = ");
-        qb.push_bind(owner);
-        qb.push(", is_active = 1, lease_expires_at = NOW(3) + INTERVAL ");
-        qb.push_bind(lease_us);
-        qb.push(" MICROSECOND WHERE (owner_instance = ");
-        qb.push_bind(owner);
-        qb.push(" OR is_active = 0 OR lease_expires_at < NOW(3)) AND job_id IN (");
-        push_id_list(&mut qb, chunk.iter().map(String::as_str));
-        qb.push(")");
-        qb.build().execute(pool).await?;
-        let mut qb: QueryBuilder<MySql> =
-            QueryBuilder::new("SELECT job_id FROM vma_polling_state WHERE is_active = 1 AND owner_instance = ");
-        qb.push_bind(owner);
-        qb.push(" AND job_id IN (");
-        push_id_list(&mut qb, chunk.iter().map(String::as_str));
-        qb.push(")");
-        for row in qb.build().fetch_all(pool).await? {
-            claimed.insert(row.try_get(0)?);
-        }
+        // The claim runs beside finalizations that release neighbouring rows, and may lose a lock
+        // race to one (seen as a deadlock in the suite); its statements are safe to run again.
+        claimed.extend(retrying_lock_races(|| claim_chunk(pool, chunk, owner, lease_us)).await?);
     }
     Ok(claimed)
+}
+
+/// One chunk of [`claim_polling_many`]: the ids of `chunk` now owned by `owner`.
+async fn claim_chunk(
+    pool: &MySqlPool,
+    chunk: &[String],
+    owner: &str,
+    lease_us: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new(
+        "INSERT IGNORE INTO vma_polling_state (job_id, owner_instance, lease_expires_at, started_polling_at, is_active) ",
+    );
+    qb.push_values(chunk, |mut b, id| {
+        b.push_bind(id.as_str())
+            .push_bind(owner)
+            .push("NOW(3) + INTERVAL ")
+            .push_bind_unseparated(lease_us)
+            .push_unseparated(" MICROSECOND")
+            .push("NOW(3)")
+            .push("1");
+    });
+    qb.build().execute(pool).await?;
+    let mut qb: QueryBuilder<MySql> = QueryBuilder::new("UPDATE vma_polling_state SET owner_instance = ");
+    qb.push_bind(owner);
+    qb.push(", is_active = 1, lease_expires_at = NOW(3) + INTERVAL ");
+    qb.push_bind(lease_us);
+    qb.push(" MICROSECOND WHERE (owner_instance = ");
+    qb.push_bind(owner);
+    qb.push(" OR is_active = 0 OR lease_expires_at < NOW(3)) AND job_id IN (");
+    push_id_list(&mut qb, chunk.iter().map(String::as_str));
+    qb.push(")");
+    qb.build().execute(pool).await?;
+    let mut qb: QueryBuilder<MySql> =
+        QueryBuilder::new("SELECT job_id FROM vma_polling_state WHERE is_active = 1 AND owner_instance = ");
+    qb.push_bind(owner);
+    qb.push(" AND job_id IN (");
+    push_id_list(&mut qb, chunk.iter().map(String::as_str));
+    qb.push(")");
+    qb.build().fetch_all(pool).await?.iter().map(|row| row.try_get(0)).collect()
 }
 
 /// Fill the recovery metadata of many kept jobs (one statement per kind of mark).
