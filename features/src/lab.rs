@@ -246,7 +246,7 @@ impl Lab {
             }
         }
         for oma in &self.omas {
-            out.push_str(&format!("--- {} log tail:\n{}\n", oma.name, oma.log.tail(25)));
+            out.push_str(&format!("--- {} log tail:\n{}\n", oma.name, oma.log.tail(100)));
         }
         out
     }
