@@ -281,7 +281,7 @@ impl Lab {
     ) -> anyhow::Result<oma::db::JobRow> {
         self.wait_until(&format!("job {job_id} to be {status}"), timeout, || async {
             let row = self.job(job_id).await?;
-            Ok(if row.status == status {
+            Ok(if row.status.as_str() == status {
                 Ok(row)
             } else {
                 Err(format!(

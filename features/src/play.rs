@@ -164,7 +164,7 @@ async fn walk(
         for e in &scenario.expect {
             let row = lab.job(&e.job).await?;
             let fresh = row.vma_last_poll_at.is_some_and(|t| (chrono::Utc::now() - t).num_seconds() < 3);
-            let met = row.status == e.status
+            let met = row.status.as_str() == e.status
                 && e.classification.as_deref().is_none_or(|c| row.vma_error_classification.as_deref() == Some(c))
                 && (!e.polled || fresh);
             all_met &= met;

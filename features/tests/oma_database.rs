@@ -277,7 +277,7 @@ async fn a_job_is_finalized_exactly_once_with_two_writers() {
         None,
     );
     assert_eq!(oma::db::finalize_job(&pool, "job-race", &fail).await.unwrap(), oma::db::Finalized::AlreadyFinal);
-    assert_eq!(lab.job("job-race").await.unwrap().status, "completed");
+    assert_eq!(lab.job("job-race").await.unwrap().status, oma::domain::JobStatus::Completed);
     lab.teardown().await;
 }
 

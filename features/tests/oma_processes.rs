@@ -75,7 +75,7 @@ async fn polling_survives_sigterm_and_sigkill_restarts() {
             .await
             .unwrap();
         assert!(later.progress_percent >= before.progress_percent);
-        assert_eq!(later.status, "replicating");
+        assert_eq!(later.status, oma::domain::JobStatus::Replicating);
     }
     let stats = lab.control.stats("job-run").await.unwrap();
     assert_eq!(stats.max_in_flight, 1, "one request in flight per job: {stats:?}");

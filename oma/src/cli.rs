@@ -8,12 +8,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::apply::Caller;
 use crate::config::{ConfigError, Settings};
 use crate::db;
-use crate::reconcile::minutes_since;
+use crate::decision::minutes_since;
+use crate::reconcile::Caller;
 use crate::recovery::{scan, with_recovery_lock};
-use crate::shared::Shared;
+use crate::services::Services;
 
 #[derive(Parser, Debug)]
 #[command(name = "job-recovery", version, about = "Scan for, and recover, orphaned OMA replication jobs")]
@@ -127,18 +127,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let pool = db::connect(&settings.database_url, 8, Duration::from_secs(5), "job-recovery's wait")
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
-    let shared = Arc::new(Shared::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));
-    shared.clock.sync_with_database(&shared.pool).await?;
+    let services = Arc::new(Services::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));
+    services.clock.sync_with_database(&services.pool).await?;
     match cli.command {
-        Command::Scan => scan_cmd(&shared, cli.max_age, cli.json).await,
-        Command::Status => status_cmd(&shared, cli.max_age, cli.json).await,
-        Command::Recover { dry_run } => recover_cmd(&shared, dry_run, cli.json).await,
+        Command::Scan => scan_cmd(&services, cli.max_age, cli.json).await,
+        Command::Status => status_cmd(&services, cli.max_age, cli.json).await,
+        Command::Recover { dry_run } => recover_cmd(&services, dry_run, cli.json).await,
     }
 }
 
-async fn scan_cmd(shared: &Shared, max_age: Duration, json_out: bool) -> anyhow::Result<()> {
-    let now = shared.clock.now();
-    let jobs = db::load_unfinished(&shared.pool, None).await?;
+async fn scan_cmd(services: &Services, max_age: Duration, json_out: bool) -> anyhow::Result<()> {
+    let now = services.clock.now();
+    let jobs = db::load_unfinished(&services.pool, None).await?;
     let orphaned: Vec<_> = jobs.iter().filter(|j| !j.poll_lease_live).collect();
     let rows: Vec<serde_json::Value> = jobs
         .iter()
@@ -179,10 +179,10 @@ async fn scan_cmd(shared: &Shared, max_age: Duration, json_out: bool) -> anyhow:
     Ok(())
 }
 
-async fn status_cmd(shared: &Shared, max_age: Duration, json_out: bool) -> anyhow::Result<()> {
-    let counts = db::job_counts(&shared.pool).await?;
-    let now = shared.clock.now();
-    let jobs = db::load_unfinished(&shared.pool, None).await?;
+async fn status_cmd(services: &Services, max_age: Duration, json_out: bool) -> anyhow::Result<()> {
+    let counts = db::job_counts(&services.pool).await?;
+    let now = services.clock.now();
+    let jobs = db::load_unfinished(&services.pool, None).await?;
     let stagnant =
         jobs.iter().filter(|j| minutes_since(now, j.facts().last_contact()) * 60.0 > max_age.as_secs_f64()).count();
     let orphaned = counts.unfinished - counts.polled_by_live_owner;
@@ -211,7 +211,7 @@ async fn status_cmd(shared: &Shared, max_age: Duration, json_out: bool) -> anyho
     Ok(())
 }
 
-async fn recover_cmd(shared: &Shared, dry_run: bool, json_out: bool) -> anyhow::Result<()> {
+async fn recover_cmd(services: &Services, dry_run: bool, json_out: bool) -> anyhow::Result<()> {
     if !json_out {
         if dry_run {
             println!("🧪 DRY RUN: Would recover orphaned jobs (no changes made)");
@@ -219,9 +219,10 @@ async fn recover_cmd(shared: &Shared, dry_run: bool, json_out: bool) -> anyhow::
             println!("🔄 Recovering orphaned jobs...");
         }
     }
-    let report = with_recovery_lock(&shared.pool, Duration::from_secs(30), scan(shared, None, Caller::Manual, dry_run))
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("another recovery scan holds the recovery lock; try again shortly"))??;
+    let report =
+        with_recovery_lock(&services.pool, Duration::from_secs(30), scan(services, None, Caller::Manual, dry_run))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("another recovery scan holds the recovery lock; try again shortly"))??;
     if json_out {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());

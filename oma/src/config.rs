@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
 
-use crate::reconcile::ReconcileConfig;
+use crate::decision::DecisionConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -57,8 +57,8 @@ impl Settings {
         args.into_settings()
     }
 
-    pub fn reconcile_config(&self) -> ReconcileConfig {
-        ReconcileConfig {
+    pub fn decision_config(&self) -> DecisionConfig {
+        DecisionConfig {
             poll_grace: self.poll_grace,
             recovery_max_age: self.recovery_max_age,
             not_found_complete_above: self.not_found_complete_above,

@@ -1,6 +1,10 @@
-//! Domain vocabulary: job statuses, failure classes and recovery methods. Status strings live here only.
+//! Domain vocabulary: job statuses, replication types, failure classes and recovery methods.
+//! Their strings live here only: code compares the enums, SQL text gets them from `as_str`.
 
 use std::time::Duration;
+
+use sqlx::error::BoxDynError;
+use sqlx::mysql::{MySql, MySqlTypeInfo, MySqlValueRef};
 
 /// Every status a replication job can have. Unknown strings are rejected at the boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,6 +78,33 @@ impl JobStatus {
     }
 }
 
+/// `'failed','replication_failed'` for the statuses of a failed job (VM context counters).
+pub fn failed_status_sql_list() -> String {
+    [JobStatus::Failed, JobStatus::ReplicationFailed]
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Read from a `VARCHAR` column: a string that is not a status is an error naming it.
+impl sqlx::Type<MySql> for JobStatus {
+    fn type_info() -> MySqlTypeInfo {
+        <str as sqlx::Type<MySql>>::type_info()
+    }
+
+    fn compatible(ty: &MySqlTypeInfo) -> bool {
+        <str as sqlx::Type<MySql>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, MySql> for JobStatus {
+    fn decode(value: MySqlValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <&str as sqlx::Decode<MySql>>::decode(value)?;
+        JobStatus::parse(text).ok_or_else(|| format!("{text:?} is not a job status").into())
+    }
+}
+
 impl serde::Serialize for JobStatus {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
@@ -89,6 +120,58 @@ impl std::fmt::Display for JobStatus {
 /// `'initializing','analyzing',…` for `status IN (…)` clauses. Constant text, never user input.
 pub fn active_status_sql_list() -> String {
     ACTIVE_STATUSES.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",")
+}
+
+/// `replication_jobs.replication_type`: a full copy or changed blocks only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationType {
+    Initial,
+    Incremental,
+}
+
+impl ReplicationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicationType::Initial => "initial",
+            ReplicationType::Incremental => "incremental",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReplicationType> {
+        [ReplicationType::Initial, ReplicationType::Incremental].into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ReplicationType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ReplicationType::parse(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!("replication_type must be initial or incremental, not {text:?}"))
+        })
+    }
+}
+
+impl serde::Serialize for ReplicationType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl sqlx::Type<MySql> for ReplicationType {
+    fn type_info() -> MySqlTypeInfo {
+        <str as sqlx::Type<MySql>>::type_info()
+    }
+
+    fn compatible(ty: &MySqlTypeInfo) -> bool {
+        <str as sqlx::Type<MySql>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, MySql> for ReplicationType {
+    fn decode(value: MySqlValueRef<'r>) -> Result<Self, BoxDynError> {
+        let text = <&str as sqlx::Decode<MySql>>::decode(value)?;
+        ReplicationType::parse(text).ok_or_else(|| format!("{text:?} is not a replication type").into())
+    }
 }
 
 /// Why a job was failed: stored in `vma_error_classification`.

@@ -8,11 +8,12 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::apply::{reconcile_many, Caller, Outcome};
+use crate::clock::every;
 use crate::db;
+use crate::decision::minutes_since;
 use crate::poller::Poller;
-use crate::reconcile::minutes_since;
-use crate::shared::{every, Shared};
+use crate::reconcile::{reconcile_many, Apply, Caller, Outcome};
+use crate::services::Services;
 
 /// Jobs named one line each per round and kind (slow, orphaned); the rest are counted in one line,
 /// so thousands of jobs (a takeover, a VMA outage) do not flood the log every round.
@@ -30,25 +31,25 @@ pub struct HealthTick {
 
 #[derive(Clone)]
 pub struct HealthMonitor {
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     poller: Poller,
     pub last: Arc<RwLock<HealthTick>>,
 }
 
 impl HealthMonitor {
-    pub fn new(shared: Arc<Shared>, poller: Poller) -> HealthMonitor {
-        HealthMonitor { shared, poller, last: Arc::new(RwLock::new(HealthTick::default())) }
+    pub fn new(services: Arc<Services>, poller: Poller) -> HealthMonitor {
+        HealthMonitor { services, poller, last: Arc::new(RwLock::new(HealthTick::default())) }
     }
 
     /// One check.
     pub async fn tick(&self) -> Result<HealthTick, sqlx::Error> {
-        let shared = &self.shared;
-        if let Err(e) = shared.clock.sync_with_database(&shared.pool).await {
+        let services = &self.services;
+        if let Err(e) = services.clock.sync_with_database(&services.pool).await {
             warn!("Health monitor could not read the database clock: {e}");
         }
-        let now = shared.clock.now();
-        let stale_after = chrono::Duration::from_std(shared.settings.health_stale_after).unwrap_or_default();
-        let jobs = db::load_unfinished(&shared.pool, None).await?;
+        let now = services.clock.now();
+        let stale_after = chrono::Duration::from_std(services.settings.health_stale_after).unwrap_or_default();
+        let jobs = db::load_unfinished(&services.pool, None).await?;
         let mut tick = HealthTick { checked: jobs.len(), checked_at: Some(now), ..HealthTick::default() };
         let mut orphans = Vec::new();
         for job in jobs {
@@ -62,7 +63,7 @@ impl HealthMonitor {
                 }
                 continue;
             }
-            if job.owned_elsewhere(&shared.instance_id) {
+            if job.owned_elsewhere(&services.instance_id) {
                 continue;
             }
             if orphans.len() < NAMED_PER_ROUND {
@@ -85,19 +86,16 @@ impl HealthMonitor {
         if orphans.len() > NAMED_PER_ROUND {
             warn!("Found {} more jobs not being polled - restarting them", orphans.len() - NAMED_PER_ROUND);
         }
-        db::attach_export_names(&shared.pool, &mut orphans).await?;
+        db::attach_export_names(&services.pool, &mut orphans).await?;
         tick.orphaned = orphans.len();
-        shared.metrics.drift.set(orphans.len() as i64);
-        let outcomes: Vec<Outcome> = reconcile_many(shared, Some(&self.poller), orphans, Caller::HealthMonitor, false)
-            .await
-            .into_iter()
-            .map(|r| r.outcome)
-            .collect();
-        for outcome in &outcomes {
+        services.metrics.drift.set(orphans.len() as i64);
+        let reconciled = reconcile_many(services, orphans, Caller::HealthMonitor, Apply::RecordAndClaim).await;
+        self.poller.adopt(&reconciled);
+        for outcome in reconciled.reports.iter().map(|r| r.outcome) {
             match outcome {
                 Outcome::PollingRestarted | Outcome::NotFoundWithinGrace | Outcome::UnreachableLeftForRetry => {
                     tick.reattached += 1;
-                    shared.metrics.orphans_reattached.inc();
+                    services.metrics.orphans_reattached.inc();
                 }
                 Outcome::Completed
                 | Outcome::CompletedAssumed
@@ -121,7 +119,7 @@ impl HealthMonitor {
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        let period = self.shared.settings.health_interval;
+        let period = self.services.settings.health_interval;
         info!("🏥 Starting VMA polling health monitor for continuous job monitoring");
         info!("✅ Health monitor started - will check for orphaned jobs every {}", humantime::format_duration(period));
         let first = tokio::time::Instant::now() + period;

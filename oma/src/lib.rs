@@ -1,23 +1,25 @@
 //! OMA job-recovery / VMA progress poller service on MariaDB (SPEC §2, §4).
 //!
-//! One pure decision ([`reconcile::decide`]) is applied by three callers: the [`poller`], the
-//! startup [`recovery`] and the [`health_monitor`]; [`apply`] holds the shared per-job step.
+//! One pure decision ([`decision::decide`]) is reached the same way by every caller: the
+//! [`poller`] for each poll, and [`reconcile`] (observe → decide → apply) for the startup
+//! [`recovery`], the [`health_monitor`], the manual trigger and the `job-recovery` [`cli`].
+//! [`startup`] builds the process and supervises its tasks; [`api`] serves HTTP.
 
 pub mod api;
-pub mod apply;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod db;
+pub mod decision;
 pub mod domain;
 pub mod health_monitor;
 pub mod metrics;
-mod poll_writes;
 pub mod poller;
 pub mod reconcile;
 pub mod recovery;
 pub mod replications;
 pub mod sanitize;
-pub mod shared;
+pub mod services;
 pub mod startup;
 pub mod telemetry;
 pub mod vma_client;

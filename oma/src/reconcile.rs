@@ -1,441 +1,515 @@
-//! The one reconcile decision (SPEC §4.2): a pure function of (job facts, VMA observation, now,
-//! config) used by the poller, the startup recovery, the health monitor and the CLI.
+//! One idempotent per-job reconcile: observe (ask the VMA), decide ([`crate::decision::decide`]),
+//! apply (claims, progress, recovery metadata, finalization), and return what it decided. Called by
+//! the startup recovery, the health monitor, the manual trigger and the CLI; the poller uses the
+//! final half ([`finalize`]). It never tracks jobs itself: the jobs it claimed for this process come
+//! back in [`Reconciled::claimed`] and the caller hands them to the poller, which owns tracking.
 
-use std::time::Duration;
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use tracing::{info, warn};
 
-use crate::domain::{FailureClass, JobStatus};
-use crate::vma_client::{Observation, VmaProgress};
+use crate::db::{self, Finalization, Finalized, RecoveryMark, UnfinishedJob};
+use crate::decision::{decide, minutes_since, Decision, KeepReason};
+use crate::domain::{FailureClass, JobStatus, RecoveryMethod};
+use crate::services::Services;
+use crate::vma_client::{LookupKey, Observation};
 
-/// What the decision needs to know about a job row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobFacts {
-    pub status: JobStatus,
-    pub progress_percent: f64,
-    pub bytes_transferred: i64,
-    pub updated_at: DateTime<Utc>,
-    pub vma_last_poll_at: Option<DateTime<Utc>>,
-    /// Last time bytes or percent changed (for the stall rule).
-    pub progress_changed_at: Option<DateTime<Utc>>,
-    /// When polling of this job first began (kept across restarts), if it ever did.
-    pub polling_started_at: Option<DateTime<Utc>>,
-}
-
-impl JobFacts {
-    /// Latest contact with the job: the last successful poll or the last row update.
-    pub fn last_contact(&self) -> DateTime<Utc> {
-        match self.vma_last_poll_at {
-            Some(p) if p > self.updated_at => p,
-            _ => self.updated_at,
-        }
-    }
-
-    /// What a successful poll teaches about the job: progress never goes back, bytes and the last
-    /// contact are the VMA's, and a change (or the first figure ever seen) restarts the stall clock.
-    pub fn observe_running(&mut self, progress: &VmaProgress, changed: bool, now: DateTime<Utc>) {
-        self.progress_percent = self.progress_percent.max(progress.percentage);
-        self.bytes_transferred = progress.bytes_transferred;
-        self.vma_last_poll_at = Some(now);
-        self.updated_at = now;
-        if changed || self.progress_changed_at.is_none() {
-            self.progress_changed_at = Some(now);
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReconcileConfig {
-    pub poll_grace: Duration,
-    pub recovery_max_age: Duration,
-    pub not_found_complete_above: f64,
-    pub stall_after: Duration,
-}
-
-impl Default for ReconcileConfig {
-    fn default() -> Self {
-        ReconcileConfig {
-            poll_grace: Duration::from_secs(30),
-            recovery_max_age: Duration::from_secs(30 * 60),
-            not_found_complete_above: 90.0,
-            stall_after: Duration::from_secs(30 * 60),
-        }
-    }
-}
-
-/// Why a job stays unfinished and keeps being polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeepReason {
-    Running,
+pub enum Caller {
+    Poller,
+    StartupRecovery,
+    HealthMonitor,
+    Manual,
+}
+
+/// What reconciling one job did. Every outcome is counted in the recovery summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    PollingRestarted,
+    /// Running on the VMA, recorded, but no poller here (CLI): the OMA's health monitor attaches it.
+    StillRunning,
     NotFoundWithinGrace,
-    UnreachableRecent,
+    UnreachableLeftForRetry,
+    Completed,
+    CompletedAssumed,
+    FailedOnVma,
+    Lost,
+    UnreachableTimedOut,
+    Stalled,
+    /// Another writer finalized the job first.
+    AlreadyFinal,
+    /// A live poller of another OMA process owns the job.
+    OwnedElsewhere,
+    /// Dry run: nothing written.
+    Planned,
+    Error,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Leave the job unfinished; make sure exactly one poller tracks it. With `progress`, write it.
-    Keep {
-        reason: KeepReason,
-        progress: Option<VmaProgress>,
-        /// Bytes or percent differ from the row (resets the stall clock).
-        progress_changed: bool,
-    },
-    /// Finalize as completed. `assumed` when the VMA no longer knows the job.
-    Complete { assumed: bool, progress: Option<VmaProgress> },
-    /// Finalize as failed.
-    Fail { class: FailureClass, message: String, details: Option<String> },
-}
+impl Outcome {
+    /// The job is finished (here or by another writer): nobody polls it any more.
+    pub fn ends_job(self) -> bool {
+        matches!(
+            self,
+            Outcome::Completed
+                | Outcome::CompletedAssumed
+                | Outcome::FailedOnVma
+                | Outcome::Lost
+                | Outcome::UnreachableTimedOut
+                | Outcome::Stalled
+                | Outcome::AlreadyFinal
+        )
+    }
 
-impl Decision {
-    pub fn is_final(&self) -> bool {
-        !matches!(self, Decision::Keep { .. })
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::PollingRestarted => "polling_restarted",
+            Outcome::StillRunning => "still_running",
+            Outcome::NotFoundWithinGrace => "not_found_within_grace",
+            Outcome::UnreachableLeftForRetry => "unreachable_left_for_retry",
+            Outcome::Completed => "completed",
+            Outcome::CompletedAssumed => "completed_assumed",
+            Outcome::FailedOnVma => "failed_on_vma",
+            Outcome::Lost => "lost",
+            Outcome::UnreachableTimedOut => "unreachable_timed_out",
+            Outcome::Stalled => "stalled",
+            Outcome::AlreadyFinal => "already_final",
+            Outcome::OwnedElsewhere => "owned_elsewhere",
+            Outcome::Planned => "planned",
+            Outcome::Error => "error",
+        }
     }
 }
 
-fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
-    (now - then).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// Minutes as the guide prints them (`stagnant: 12.3 min`).
-pub fn minutes_since(now: DateTime<Utc>, then: DateTime<Utc>) -> f64 {
-    age(now, then).as_secs_f64() / 60.0
-}
-
-pub fn decide(job: &JobFacts, observation: &Observation, now: DateTime<Utc>, cfg: &ReconcileConfig) -> Decision {
-    match observation {
-        Observation::Running(progress) => {
-            let changed = progress.bytes_transferred != job.bytes_transferred
-                || (progress.percentage - job.progress_percent).abs() > f64::EPSILON;
-            let unchanged_since = job.progress_changed_at.or(job.vma_last_poll_at).unwrap_or(job.updated_at);
-            if !changed
-                && progress.phase.eq_ignore_ascii_case("transfer")
-                && age(now, unchanged_since) >= cfg.stall_after
-            {
-                return Decision::Fail {
-                    class: FailureClass::VmaStalled,
-                    message: format!(
-                        "Replication stalled: no progress on VMA for {} (stuck at {:.1}%)",
-                        humantime::format_duration(Duration::from_secs(age(now, unchanged_since).as_secs())),
-                        progress.percentage
-                    ),
-                    details: Some(format!(
-                        "VMA keeps reporting status={} phase={} bytes={} since {}",
-                        progress.status, progress.phase, progress.bytes_transferred, unchanged_since
-                    )),
-                };
-            }
-            Decision::Keep { reason: KeepReason::Running, progress: Some(progress.clone()), progress_changed: changed }
+/// A short description of a decision, for reports and dry runs.
+pub fn describe(decision: &Decision) -> String {
+    match decision {
+        Decision::Keep { reason: KeepReason::Running, .. } => "keep polling (running on VMA)".into(),
+        Decision::Keep { reason: KeepReason::NotFoundWithinGrace, .. } => {
+            "keep polling (not found, within grace)".into()
         }
-        Observation::Completed(progress) => Decision::Complete { assumed: false, progress: Some(progress.clone()) },
-        Observation::Failed { message, progress } => Decision::Fail {
-            class: FailureClass::VmaReportedFailure,
-            message: message.clone(),
-            details: Some(
-                serde_json::json!({
-                    "status": progress.status,
-                    "phase": progress.phase,
-                    "percentage": progress.percentage,
-                    "errors": progress.errors,
-                    "last_error": progress.last_error,
-                })
-                .to_string(),
+        Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => {
+            "leave for retry (VMA unreachable, job recent)".into()
+        }
+        Decision::Complete { assumed: false, .. } => "mark completed".into(),
+        Decision::Complete { assumed: true, .. } => "mark completed (assumed: not found above threshold)".into(),
+        Decision::Fail { class, .. } => format!("mark failed ({})", class.as_str()),
+    }
+}
+
+/// The per-job line of a recovery report.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job_id: String,
+    pub vm_name: String,
+    pub status: String,
+    pub progress_percent: f64,
+    pub vma_status: &'static str,
+    pub decision: String,
+    pub outcome: Outcome,
+}
+
+fn recovery_mark(caller: Caller, observation: &Observation, polling_restarted: bool) -> Option<RecoveryMark> {
+    let vma_validated = !matches!(observation, Observation::Unavailable { .. });
+    let method = match caller {
+        Caller::Poller => return None,
+        Caller::Manual => RecoveryMethod::Manual,
+        _ if vma_validated => RecoveryMethod::VmaValidated,
+        _ => RecoveryMethod::Timeout,
+    };
+    Some(RecoveryMark { method, vma_validated, polling_restarted })
+}
+
+/// What the VMA said about one job, and the decision.
+struct Observed {
+    job: UnfinishedJob,
+    observation: Observation,
+    via: Option<LookupKey>,
+    decision: Decision,
+}
+
+/// What to do with the jobs that go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Change nothing; report what would be done.
+    DryRun,
+    /// Write the decisions; leave polling to a running OMA (the CLI).
+    Record,
+    /// Write the decisions and claim polling of the running jobs for this process.
+    RecordAndClaim,
+}
+
+/// A job this process now holds the polling lease of: the poller must track it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The job as just observed (progress and poll time from the VMA's answer).
+    pub job: UnfinishedJob,
+    /// The name the VMA answered under, asked first next time.
+    pub via: Option<LookupKey>,
+}
+
+/// What a reconcile of many jobs decided and did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    pub reports: Vec<JobReport>,
+    pub claimed: Vec<Claimed>,
+}
+
+/// Reconcile unfinished jobs: ask the VMA about each (concurrently, bounded), decide (pure), then
+/// apply the decisions in batches — claims, progress and recovery metadata for the jobs that go
+/// on, one transaction per chunk for the jobs that end. Never panics; DB errors become `Error`.
+pub async fn reconcile_many(services: &Services, jobs: Vec<UnfinishedJob>, caller: Caller, apply: Apply) -> Reconciled {
+    let dry_run = apply == Apply::DryRun;
+    let started = Instant::now();
+    let observed: Vec<Observed> = futures::stream::iter(jobs)
+        .map(|job| async move { observe(services, job).await })
+        .buffer_unordered(services.settings.recovery_concurrency.max(1))
+        .collect()
+        .await;
+    let asked = started.elapsed();
+    let mut outcomes: Vec<Outcome> = vec![Outcome::Planned; observed.len()];
+    let mut claimed_jobs = Vec::new();
+    if !dry_run {
+        let (finals, keeps): (Vec<usize>, Vec<usize>) =
+            (0..observed.len()).partition(|i| observed[*i].decision.is_final());
+        // Disjoint jobs: the two kinds of writes run side by side on their own connections.
+        let claim = apply == Apply::RecordAndClaim;
+        let (((kept, claimed), keep_time), (ended, final_time)) = tokio::join!(
+            timed(apply_keeps(services, claim, &observed, &keeps, caller)),
+            timed(apply_finals(services, &observed, &finals, caller)),
+        );
+        claimed_jobs = claimed;
+        for (i, outcome) in kept.into_iter().chain(ended) {
+            outcomes[i] = outcome;
+        }
+        if observed.len() > 1 {
+            info!(
+                "⏱️ Reconciled {} jobs: asked the VMA in {} ms, then applied {} keeps in {} ms alongside {} finals in {} ms",
+                observed.len(),
+                asked.as_millis(),
+                keeps.len(),
+                keep_time.as_millis(),
+                finals.len(),
+                final_time.as_millis()
+            );
+        }
+    }
+    let reports = observed
+        .iter()
+        .zip(outcomes)
+        .map(|(o, outcome)| {
+            if dry_run {
+                info!("🧪 DRY RUN: job {} would be: {}", o.job.id, describe(&o.decision));
+            } else if caller != Caller::Poller {
+                services.metrics.recovery(outcome.as_str());
+            }
+            JobReport {
+                job_id: o.job.id.clone(),
+                vm_name: o.job.source_vm_name.clone(),
+                status: o.job.status.as_str().to_string(),
+                progress_percent: o.job.progress_percent,
+                vma_status: o.observation.status_word(),
+                decision: describe(&o.decision),
+                outcome,
+            }
+        })
+        .collect();
+    Reconciled { reports, claimed: claimed_jobs }
+}
+
+#[tracing::instrument(skip_all, fields(job_id = %job.id))]
+async fn observe(services: &Services, job: UnfinishedJob) -> Observed {
+    let now = services.clock.now();
+    let stagnant = minutes_since(now, job.updated_at);
+    info!(
+        "🔄 Processing job: {} ({}) - stagnant: {:.1} min, total age: {:.1} min",
+        job.id,
+        job.source_vm_name,
+        stagnant,
+        minutes_since(now, job.created_at)
+    );
+    info!("🔍 Checking VMA status for job {} ({})", job.id, job.source_vm_name);
+    if !job.export_names.is_empty() {
+        info!("🔗 Found {} NBD export names for job {}, trying progress API", job.export_names.len(), job.id);
+    }
+    let lookup = services.vma.lookup(&job.id, &job.export_names, None).await;
+    let observation = lookup.observation;
+    match (&lookup.via, &observation) {
+        (Some(LookupKey::ExportName(name)), _) => info!("✅ Got VMA response via NBD export name {name}"),
+        (Some(LookupKey::JobId), _) => info!("✅ Got VMA response via job ID for {}", job.id),
+        (None, Observation::Unavailable { kind, detail }) => {
+            warn!("❌ VMA unreachable for job {}: {} ({})", job.id, detail, kind.as_str())
+        }
+        (None, Observation::NotFound { http200: false }) => {
+            info!("📋 Job {} not found on VMA (404) - likely completed or lost", job.id)
+        }
+        (None, Observation::NotFound { http200: true }) => {
+            info!("📋 Job {} not found on VMA (HTTP 200 'not found') - likely completed or lost", job.id)
+        }
+        _ => {}
+    }
+    if let Observation::Failed { message, .. } = &observation {
+        warn!("❌ VMA reports job failed: {message}");
+    }
+    let decision = decide(&job.facts(), &observation, services.clock.now(), &services.decision_config);
+    info!(
+        "🎯 Recovery decision for job {}: VMA status={}, stagnant={:.1} min",
+        job.id,
+        observation.status_word(),
+        stagnant
+    );
+    Observed { job, observation, via: lookup.via, decision }
+}
+
+/// A future's output and how long it took.
+async fn timed<F: std::future::Future>(phase: F) -> (F::Output, std::time::Duration) {
+    let t = Instant::now();
+    let done = phase.await;
+    (done, t.elapsed())
+}
+
+/// Jobs that go on: claim polling (when asked), write progress and recovery metadata. Returns
+/// each job's outcome and the jobs claimed for this process.
+async fn apply_keeps(
+    services: &Services,
+    claim: bool,
+    observed: &[Observed],
+    keeps: &[usize],
+    caller: Caller,
+) -> (Vec<(usize, Outcome)>, Vec<Claimed>) {
+    if keeps.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    for &i in keeps {
+        let o = &observed[i];
+        let Decision::Keep { reason, progress, .. } = &o.decision else { continue };
+        match reason {
+            KeepReason::Running => info!(
+                "✅ Job {} still running on VMA ({:.1}%) - restarting polling",
+                o.job.id,
+                progress.as_ref().map(|p| p.percentage).unwrap_or(o.job.progress_percent)
             ),
-        },
-        Observation::NotFound { http200 } => {
-            let polling_young = job.polling_started_at.is_some_and(|started| age(now, started) < cfg.poll_grace);
-            let setup_young = job.status.setup_grace().is_some_and(|grace| age(now, job.updated_at) < grace);
-            if polling_young || setup_young {
-                Decision::Keep { reason: KeepReason::NotFoundWithinGrace, progress: None, progress_changed: false }
-            } else if job.progress_percent > cfg.not_found_complete_above {
-                Decision::Complete { assumed: true, progress: None }
-            } else {
-                Decision::Fail {
-                    class: FailureClass::JobLost,
-                    message: format!(
-                        "Job lost on VMA (not found after restart at {:.1}% progress)",
-                        job.progress_percent
-                    ),
-                    details: Some(if *http200 {
-                        "VMA answered HTTP 200 'job not found'".to_string()
-                    } else {
-                        "VMA answered 404 job not found".to_string()
-                    }),
-                }
+            KeepReason::NotFoundWithinGrace => {
+                info!("⏳ Job {} not found on VMA yet - within grace period, polling continues", o.job.id)
+            }
+            KeepReason::UnreachableRecent => warn!(
+                "⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry",
+                o.job.id,
+                minutes_since(services.clock.now(), o.job.facts().last_contact())
+            ),
+        }
+    }
+    let ids: Vec<String> = keeps.iter().map(|&i| observed[i].job.id.clone()).collect();
+    let claimed = if claim {
+        match db::claim_polling_many(&services.pool, &ids, &services.instance_id, services.settings.lease_ttl()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!("⚠️ Failed to restart polling for {} jobs: {e}", ids.len());
+                return (keeps.iter().map(|&i| (i, Outcome::Error)).collect(), Vec::new());
             }
         }
-        Observation::Unavailable { kind, detail } => {
-            let last_contact = job.last_contact();
-            if age(now, last_contact) <= cfg.recovery_max_age {
-                Decision::Keep { reason: KeepReason::UnreachableRecent, progress: None, progress_changed: false }
-            } else {
-                Decision::Fail {
-                    class: FailureClass::VmaUnreachableTimeout,
-                    message: format!(
-                        "VMA unreachable after restart: no contact for {:.1} min",
-                        minutes_since(now, last_contact)
-                    ),
-                    details: Some(format!("{}: {}", kind.as_str(), detail)),
+    } else {
+        None
+    };
+    let mut to_track = Vec::new();
+    let mut writes = Vec::new();
+    let mut marks = Vec::new();
+    let mut results = Vec::with_capacity(keeps.len());
+    for &i in keeps {
+        let o = &observed[i];
+        let Decision::Keep { reason, progress, progress_changed } = &o.decision else { continue };
+        let owned = claimed.as_ref().map(|c| c.contains(&o.job.id));
+        if owned == Some(false) {
+            info!("Job {} is polled by another live OMA instance - leaving it to that poller", o.job.id);
+            results.push((i, Outcome::OwnedElsewhere));
+            continue;
+        }
+        if owned == Some(true) {
+            let mut tracked = o.job.clone();
+            let now = services.clock.now();
+            if let Some(p) = progress {
+                tracked.progress_percent = tracked.progress_percent.max(p.percentage);
+                tracked.bytes_transferred = p.bytes_transferred;
+                tracked.vma_last_poll_at = Some(now);
+                if *progress_changed {
+                    tracked.progress_changed_at = Some(now);
                 }
             }
+            if tracked.started_polling_at.is_none() {
+                tracked.started_polling_at = Some(now);
+            }
+            to_track.push(Claimed { job: tracked, via: o.via.clone() });
         }
+        if let Some(p) = progress {
+            writes.push(db::ProgressWrite {
+                job_id: o.job.id.clone(),
+                progress: p.clone(),
+                progress_changed: *progress_changed,
+            });
+        }
+        if let Some(mark) = recovery_mark(caller, &o.observation, owned == Some(true)) {
+            marks.push((o.job.id.clone(), mark));
+        }
+        results.push((
+            i,
+            match (reason, owned) {
+                (KeepReason::Running, Some(true)) => Outcome::PollingRestarted,
+                (KeepReason::Running, _) => Outcome::StillRunning,
+                (KeepReason::NotFoundWithinGrace, _) => Outcome::NotFoundWithinGrace,
+                (KeepReason::UnreachableRecent, _) => Outcome::UnreachableLeftForRetry,
+            },
+        ));
+    }
+    let written = async {
+        db::write_progress_batch(&mut *services.pool.acquire().await?, &writes).await?;
+        db::record_marks(&services.pool, &marks).await
+    }
+    .await;
+    if let Err(e) = written {
+        // The leases are ours all the same: the jobs are tracked, and their polls write again.
+        warn!("❌ Failed to record recovery of {} jobs: {e}", results.len());
+        return (results.into_iter().map(|(i, _)| (i, Outcome::Error)).collect(), to_track);
+    }
+    for (i, outcome) in &results {
+        if *outcome == Outcome::PollingRestarted {
+            info!("🚀 Successfully restarted VMA progress polling for job {}", observed[*i].job.id);
+        }
+    }
+    (results, to_track)
+}
+
+/// Jobs that end: finalize them in chunks, each chunk one transaction.
+async fn apply_finals(
+    services: &Services,
+    observed: &[Observed],
+    finals: &[usize],
+    caller: Caller,
+) -> Vec<(usize, Outcome)> {
+    let mut items: Vec<(String, Finalization)> = Vec::with_capacity(finals.len());
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(finals.len());
+    for &i in finals {
+        let o = &observed[i];
+        let (fin, outcome) =
+            plan_final(services, &o.job.id, o.job.progress_percent, &o.observation, &o.decision, caller);
+        items.push((o.job.id.clone(), fin));
+        outcomes.push(outcome);
+    }
+    let results = db::finalize_jobs(&services.pool, &items).await;
+    finals
+        .iter()
+        .zip(items.iter().zip(outcomes))
+        .zip(results)
+        .map(|((&i, ((job_id, fin), outcome)), result)| {
+            (i, report_final(services, caller, job_id, fin, outcome, result.map_err(|e| e.to_string())))
+        })
+        .collect()
+}
+
+/// Apply a final decision (complete or fail) for one job and log it in the guide's words.
+/// `Outcome::Error` when the database did not take it (the caller decides again later).
+pub async fn finalize(
+    services: &Services,
+    job_id: &str,
+    progress_percent: f64,
+    observation: &Observation,
+    decision: &Decision,
+    caller: Caller,
+) -> Outcome {
+    let (fin, outcome) = plan_final(services, job_id, progress_percent, observation, decision, caller);
+    let result = db::finalize_job(&services.pool, job_id, &fin).await.map_err(|e| e.to_string());
+    report_final(services, caller, job_id, &fin, outcome, result)
+}
+
+/// The finalization a final decision asks for, logged as the decision.
+fn plan_final(
+    services: &Services,
+    job_id: &str,
+    progress_percent: f64,
+    observation: &Observation,
+    decision: &Decision,
+    caller: Caller,
+) -> (Finalization, Outcome) {
+    let mark = recovery_mark(caller, observation, false);
+    let threshold = services.decision_config.not_found_complete_above;
+    match decision {
+        Decision::Complete { assumed: false, progress } => {
+            info!(
+                "✅ Job {} completed on VMA ({:.1}%) - finalizing",
+                job_id,
+                progress.as_ref().map(|p| p.percentage).unwrap_or(100.0)
+            );
+            (Finalization::completed(progress.clone(), mark), Outcome::Completed)
+        }
+        Decision::Complete { assumed: true, .. } => {
+            info!("✅ Job {job_id} not found on VMA but was >{threshold:.0}% complete - assuming completed");
+            (Finalization::completed(None, mark), Outcome::CompletedAssumed)
+        }
+        Decision::Fail { class, message, details } => {
+            let outcome = match class {
+                FailureClass::VmaReportedFailure => {
+                    warn!("❌ Job {job_id} failed on VMA - marking as failed with VMA error");
+                    Outcome::FailedOnVma
+                }
+                FailureClass::JobLost => {
+                    warn!(
+                        "❌ Job {job_id} not found on VMA and was <{threshold:.0}% complete - marking as lost (at {progress_percent:.1}%)"
+                    );
+                    Outcome::Lost
+                }
+                FailureClass::VmaUnreachableTimeout => {
+                    warn!("❌ Job {job_id} - VMA unreachable and job is old - marking as failed: {message}");
+                    Outcome::UnreachableTimedOut
+                }
+                FailureClass::VmaStalled => {
+                    warn!("❌ Job {job_id} stalled on VMA - marking as failed: {message}");
+                    Outcome::Stalled
+                }
+                FailureClass::ReplicateRejected => Outcome::FailedOnVma,
+            };
+            (Finalization::failed(JobStatus::Failed, *class, message.clone(), details.clone(), mark), outcome)
+        }
+        Decision::Keep { .. } => unreachable!("plan_final is only called with final decisions"),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vma_client::UnavailableKind;
-    use chrono::TimeZone;
-
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2025, 10, 3, 14, 0, 0).unwrap()
-    }
-
-    fn mins(m: i64) -> chrono::Duration {
-        chrono::Duration::minutes(m)
-    }
-
-    fn secs(s: i64) -> chrono::Duration {
-        chrono::Duration::seconds(s)
-    }
-
-    fn job(status: JobStatus, pct: f64) -> JobFacts {
-        JobFacts {
-            status,
-            progress_percent: pct,
-            bytes_transferred: 1000,
-            updated_at: now() - mins(10),
-            vma_last_poll_at: Some(now() - mins(10)),
-            progress_changed_at: Some(now() - mins(10)),
-            polling_started_at: Some(now() - mins(60)),
-        }
-    }
-
-    fn progress(status: &str, phase: &str, pct: f64, bytes: i64) -> VmaProgress {
-        VmaProgress {
-            job_id: "job-1".into(),
-            status: status.into(),
-            phase: phase.into(),
-            percentage: pct,
-            bytes_transferred: bytes,
-            ..VmaProgress::default()
-        }
-    }
-
-    fn unavailable() -> Observation {
-        Observation::Unavailable { kind: UnavailableKind::ConnectionRefused, detail: "refused".into() }
-    }
-
-    /// Table helper: the decision's shape as a short word.
-    fn check(job: JobFacts, observation: Observation, expected: &str) {
-        let decision = decide(&job, &observation, now(), &ReconcileConfig::default());
-        let word = match &decision {
-            Decision::Keep { reason: KeepReason::Running, .. } => "keep:running".to_string(),
-            Decision::Keep { reason: KeepReason::NotFoundWithinGrace, .. } => "keep:grace".to_string(),
-            Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => "keep:unreachable".to_string(),
-            Decision::Complete { assumed: false, .. } => "complete".to_string(),
-            Decision::Complete { assumed: true, .. } => "complete:assumed".to_string(),
-            Decision::Fail { class, .. } => format!("fail:{}", class.as_str()),
-        };
-        assert_eq!(word, expected, "job={job:?} observation={observation:?} decision={decision:?}");
-    }
-
-    #[test]
-    fn running_keeps_polling_and_writes_progress() {
-        check(
-            job(JobStatus::Replicating, 30.0),
-            Observation::Running(progress("in_progress", "Transfer", 31.0, 2000)),
-            "keep:running",
-        );
-        check(
-            job(JobStatus::Initializing, 0.0),
-            Observation::Running(progress("Queued", "Discover", 0.0, 0)),
-            "keep:running",
-        );
-    }
-
-    #[test]
-    fn completed_finalizes_whatever_the_row_says() {
-        check(
-            job(JobStatus::Replicating, 12.0),
-            Observation::Completed(progress("completed", "Transfer", 100.0, 5000)),
-            "complete",
-        );
-        check(
-            job(JobStatus::Replicating, 12.0),
-            Observation::Completed(progress("Succeeded", "Finalize", 100.0, 5000)),
-            "complete",
-        );
-    }
-
-    #[test]
-    fn failed_on_vma_keeps_the_vma_message() {
-        let obs = Observation::Failed {
-            message: "NBD connection refused".into(),
-            progress: progress("failed", "Transfer", 40.0, 10),
-        };
-        check(job(JobStatus::Replicating, 40.0), obs.clone(), "fail:vma_reported_failure");
-        match decide(&job(JobStatus::Replicating, 40.0), &obs, now(), &ReconcileConfig::default()) {
-            Decision::Fail { message, .. } => assert_eq!(message, "NBD connection refused"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn not_found_uses_the_90_percent_rule_at_its_boundary() {
-        let nf = Observation::NotFound { http200: false };
-        check(job(JobStatus::Replicating, 95.0), nf.clone(), "complete:assumed");
-        check(job(JobStatus::Replicating, 90.01), nf.clone(), "complete:assumed");
-        check(job(JobStatus::Replicating, 90.0), nf.clone(), "fail:job_lost");
-        check(job(JobStatus::Replicating, 45.0), nf.clone(), "fail:job_lost");
-        check(job(JobStatus::Replicating, 45.0), Observation::NotFound { http200: true }, "fail:job_lost");
-        check(job(JobStatus::Replicating, 95.0), Observation::NotFound { http200: true }, "complete:assumed");
-    }
-
-    #[test]
-    fn not_found_within_the_polling_grace_is_left_alone() {
-        let nf = Observation::NotFound { http200: false };
-        let mut young = job(JobStatus::Replicating, 10.0);
-        young.polling_started_at = Some(now() - secs(29));
-        check(young.clone(), nf.clone(), "keep:grace");
-        young.polling_started_at = Some(now() - secs(30));
-        check(young.clone(), nf.clone(), "fail:job_lost");
-        young.polling_started_at = None;
-        check(young, nf, "fail:job_lost");
-    }
-
-    #[test]
-    fn not_found_respects_each_setup_status_grace() {
-        let nf = Observation::NotFound { http200: false };
-        for (status, grace_minutes) in
-            [(JobStatus::Initializing, 5), (JobStatus::Attaching, 5), (JobStatus::ReadyForSync, 2)]
-        {
-            let mut j = job(status, 0.0);
-            j.polling_started_at = None;
-            j.updated_at = now() - mins(grace_minutes) + secs(1);
-            check(j.clone(), nf.clone(), "keep:grace");
-            j.updated_at = now() - mins(grace_minutes);
-            check(j, nf.clone(), "fail:job_lost");
-        }
-        for status in [JobStatus::Analyzing, JobStatus::Provisioning, JobStatus::Configuring] {
-            let mut j = job(status, 0.0);
-            j.polling_started_at = None;
-            j.updated_at = now() - secs(5);
-            check(j, nf.clone(), "fail:job_lost");
-        }
-    }
-
-    #[test]
-    fn unreachable_uses_last_contact_against_the_30_minute_boundary() {
-        let mut j = job(JobStatus::Replicating, 50.0);
-        j.updated_at = now() - mins(30);
-        j.vma_last_poll_at = Some(now() - mins(45));
-        check(j.clone(), unavailable(), "keep:unreachable");
-        j.updated_at = now() - mins(30) - secs(1);
-        check(j.clone(), unavailable(), "fail:vma_unreachable_timeout");
-        // A recent successful poll counts as contact even when the row is older.
-        j.vma_last_poll_at = Some(now() - mins(5));
-        check(j.clone(), unavailable(), "keep:unreachable");
-        j.vma_last_poll_at = None;
-        j.updated_at = now() - mins(120);
-        check(j, unavailable(), "fail:vma_unreachable_timeout");
-    }
-
-    #[test]
-    fn every_unavailable_kind_is_treated_alike() {
-        for kind in [
-            UnavailableKind::ConnectionRefused,
-            UnavailableKind::ConnectionReset,
-            UnavailableKind::Timeout,
-            UnavailableKind::UnexpectedEof,
-            UnavailableKind::ServerError,
-            UnavailableKind::MalformedBody,
-            UnavailableKind::BodyTooLarge,
-        ] {
-            let obs = Observation::Unavailable { kind, detail: String::new() };
-            check(job(JobStatus::Replicating, 50.0), obs.clone(), "keep:unreachable");
-            let mut old = job(JobStatus::Replicating, 50.0);
-            old.updated_at = now() - mins(31);
-            old.vma_last_poll_at = None;
-            check(old, obs, "fail:vma_unreachable_timeout");
-        }
-    }
-
-    #[test]
-    fn stalled_transfer_fails_only_after_the_stall_window() {
-        let mut j = job(JobStatus::Replicating, 40.0);
-        j.progress_changed_at = Some(now() - mins(30));
-        let same = Observation::Running(progress("in_progress", "Transfer", 40.0, 1000));
-        check(j.clone(), same.clone(), "fail:vma_stalled");
-        j.progress_changed_at = Some(now() - mins(30) + secs(1));
-        check(j.clone(), same.clone(), "keep:running");
-        // Progress moved: never a stall.
-        j.progress_changed_at = Some(now() - mins(60));
-        check(j.clone(), Observation::Running(progress("in_progress", "Transfer", 40.5, 1001)), "keep:running");
-        // Not in the Transfer phase (e.g. snapshotting): never a stall.
-        check(j, Observation::Running(progress("in_progress", "Creating Snapshot", 40.0, 1000)), "keep:running");
-    }
-
-    #[test]
-    fn running_reports_whether_progress_changed() {
-        let j = job(JobStatus::Replicating, 40.0);
-        // Either figure moving alone is a change (it resets the stall clock).
-        for (pct, bytes, changed) in [(40.0, 1000, false), (41.0, 2000, true), (40.5, 1000, true), (40.0, 1001, true)] {
-            match decide(
-                &j,
-                &Observation::Running(progress("in_progress", "Transfer", pct, bytes)),
-                now(),
-                &ReconcileConfig::default(),
-            ) {
-                Decision::Keep { progress_changed, .. } => {
-                    assert_eq!(progress_changed, changed, "{pct}% {bytes} bytes")
-                }
-                other => panic!("{other:?}"),
+/// Log and count what finalization did.
+fn report_final(
+    services: &Services,
+    caller: Caller,
+    job_id: &str,
+    fin: &Finalization,
+    outcome: Outcome,
+    result: Result<Finalized, String>,
+) -> Outcome {
+    match result {
+        Ok(Finalized::Done { context_id }) => {
+            services.metrics.finalized(fin.status.as_str());
+            if fin.status == JobStatus::Completed {
+                info!("✅ Job {job_id} marked as completed");
+            } else {
+                warn!("❌ Job {} marked as failed: {}", job_id, fin.error_message.as_deref().unwrap_or(""));
             }
-        }
-    }
-
-    #[test]
-    fn only_keeps_are_not_final() {
-        let keep = Decision::Keep { reason: KeepReason::Running, progress: None, progress_changed: false };
-        assert!(!keep.is_final());
-        assert!(Decision::Complete { assumed: true, progress: None }.is_final());
-        let fail = Decision::Fail { class: FailureClass::JobLost, message: String::new(), details: None };
-        assert!(fail.is_final());
-    }
-
-    #[test]
-    fn an_unreachable_timeout_says_how_long_there_was_no_contact() {
-        let mut j = job(JobStatus::Replicating, 50.0);
-        j.updated_at = now() - mins(45) - secs(30);
-        j.vma_last_poll_at = None;
-        match decide(&j, &unavailable(), now(), &ReconcileConfig::default()) {
-            Decision::Fail { message, details, .. } => {
-                assert_eq!(message, "VMA unreachable after restart: no contact for 45.5 min");
-                assert_eq!(details.as_deref(), Some("connection_refused: refused"));
+            if let Some(ctx) = context_id {
+                info!("✅ Cleared current_job_id for VM context {ctx} - new operations now allowed");
             }
-            other => panic!("{other:?}"),
+            outcome
         }
-    }
-
-    #[test]
-    fn a_poll_restarts_the_stall_clock_only_when_progress_moved() {
-        let cfg = ReconcileConfig { stall_after: Duration::from_secs(60), ..ReconcileConfig::default() };
-        let mut facts = job(JobStatus::Replicating, 40.0);
-        let t1 = now();
-        facts.observe_running(&progress("running", "Transfer", 45.0, 2000), true, t1);
-        assert_eq!((facts.progress_percent, facts.bytes_transferred), (45.0, 2000));
-        assert_eq!((facts.vma_last_poll_at, facts.updated_at, facts.progress_changed_at), (Some(t1), t1, Some(t1)));
-        // Frozen since t1: not a stall before the window ends, a stall once it has.
-        let same = Observation::Running(progress("running", "Transfer", 45.0, 2000));
-        assert!(matches!(decide(&facts, &same, t1 + secs(59), &cfg), Decision::Keep { .. }));
-        // A poll without a change keeps the clock where it was; a lower percentage is not taken.
-        facts.observe_running(&progress("running", "Transfer", 44.0, 2000), false, t1 + secs(30));
-        assert_eq!((facts.progress_percent, facts.progress_changed_at), (45.0, Some(t1)));
-        assert!(matches!(decide(&facts, &same, t1 + secs(61), &cfg), Decision::Fail { .. }));
-        // The first figure ever seen starts the clock even when the caller saw no change.
-        facts.progress_changed_at = None;
-        facts.observe_running(&progress("running", "Transfer", 45.0, 2000), false, t1 + secs(62));
-        assert_eq!(facts.progress_changed_at, Some(t1 + secs(62)));
+        Ok(Finalized::AlreadyFinal) => {
+            info!("Job {job_id} was already finalized by another writer - nothing to do");
+            Outcome::AlreadyFinal
+        }
+        // The poller keeps the job tracked: its next poll decides and writes again. Untracked, it
+        // would wait for the health monitor's next round (2 min by default) while the VMA has
+        // long finished it.
+        Err(e) if caller == Caller::Poller => {
+            warn!("❌ Failed to finalize job {job_id} as {}: {e} - polling continues and retries", fin.status.as_str());
+            Outcome::Error
+        }
+        Err(e) => {
+            warn!("❌ Failed to recover job {job_id}: {e}");
+            Outcome::Error
+        }
     }
 }

@@ -11,10 +11,10 @@ use sqlx::MySqlPool;
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 
-use crate::apply::{reconcile_many, Caller, JobReport, Outcome};
 use crate::db;
 use crate::poller::Poller;
-use crate::shared::Shared;
+use crate::reconcile::{reconcile_many, Apply, Caller, Outcome};
+use crate::services::Services;
 
 /// Prefix of the MariaDB lock that serializes recovery scans across OMA processes. Named locks
 /// are server-wide, so the database name is appended: OMAs of different databases on one server
@@ -112,7 +112,7 @@ impl RecoverySummary {
 pub struct ScanReport {
     pub dry_run: bool,
     pub summary: RecoverySummary,
-    pub jobs: Vec<JobReport>,
+    pub jobs: Vec<crate::reconcile::JobReport>,
     /// Unfinished jobs left alone because a live poller (here or elsewhere) is tracking them.
     pub skipped_being_polled: Vec<String>,
 }
@@ -137,7 +137,7 @@ pub struct RecoveryRun {
     pub error: Option<String>,
 }
 
-/// Shared record of recovery runs, for `/health` and `/api/v1/job-recovery/status`.
+/// Services record of recovery runs, for `/health` and `/api/v1/job-recovery/status`.
 #[derive(Debug, Serialize)]
 pub struct RecoveryStatus {
     pub state: RecoveryState,
@@ -160,17 +160,17 @@ pub fn new_tracker() -> RecoveryTracker {
 /// Reconcile every unfinished job not being polled by a live poller. With a poller, running
 /// jobs are claimed and tracked; without (CLI), they are recorded for the OMA to pick up.
 pub async fn scan(
-    shared: &Shared,
+    services: &Services,
     poller: Option<&Poller>,
     caller: Caller,
     dry_run: bool,
 ) -> Result<ScanReport, sqlx::Error> {
-    let jobs = db::load_unfinished(&shared.pool, None).await?;
+    let jobs = db::load_unfinished(&services.pool, None).await?;
     let (mut todo, skipped): (Vec<_>, Vec<_>) = jobs
         .into_iter()
-        .partition(|j| !(j.owned_elsewhere(&shared.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id))));
+        .partition(|j| !(j.owned_elsewhere(&services.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id))));
     let skipped_being_polled: Vec<String> = skipped.into_iter().map(|j| j.id).collect();
-    db::attach_export_names(&shared.pool, &mut todo).await?;
+    db::attach_export_names(&services.pool, &mut todo).await?;
     if todo.is_empty() {
         info!("✅ No active jobs found - system is clean");
     } else {
@@ -179,12 +179,20 @@ pub async fn scan(
     if !skipped_being_polled.is_empty() {
         info!("{} unfinished jobs are being polled by a live poller - left to it", skipped_being_polled.len());
     }
-    let reports: Vec<JobReport> = reconcile_many(shared, poller, todo, caller, dry_run).await;
+    let apply = match (dry_run, poller) {
+        (true, _) => Apply::DryRun,
+        (false, Some(_)) => Apply::RecordAndClaim,
+        (false, None) => Apply::Record,
+    };
+    let reconciled = reconcile_many(services, todo, caller, apply).await;
+    if let Some(poller) = poller {
+        poller.adopt(&reconciled);
+    }
     let mut summary = RecoverySummary::default();
-    for r in &reports {
+    for r in &reconciled.reports {
         summary.count(r.outcome);
     }
-    Ok(ScanReport { dry_run, summary, jobs: reports, skipped_being_polled })
+    Ok(ScanReport { dry_run, summary, jobs: reconciled.reports, skipped_being_polled })
 }
 
 /// Hold the named lock on one connection for the duration of `f`.
@@ -218,7 +226,7 @@ pub async fn with_recovery_lock<T>(
 
 /// Run one recovery scan under the lock and record it in the tracker.
 pub async fn run_recovery(
-    shared: &Shared,
+    services: &Services,
     poller: &Poller,
     tracker: &RecoveryTracker,
     trigger: &'static str,
@@ -243,7 +251,7 @@ pub async fn run_recovery(
         });
     }
     let caller = if trigger == "startup" { Caller::StartupRecovery } else { Caller::Manual };
-    let result = with_recovery_lock(&shared.pool, lock_wait, scan(shared, Some(poller), caller, dry_run)).await;
+    let result = with_recovery_lock(&services.pool, lock_wait, scan(services, Some(poller), caller, dry_run)).await;
     let mut t = tracker.write().await;
     let run = t.last_run.as_mut().expect("set above");
     run.finished_at = Some(Utc::now());
@@ -273,13 +281,13 @@ pub async fn run_recovery(
 }
 
 /// The startup recovery task: logs the guide's messages and the summary.
-pub async fn startup_recovery(shared: Arc<Shared>, poller: Poller, tracker: RecoveryTracker) {
+pub async fn startup_recovery(services: Arc<Services>, poller: Poller, tracker: RecoveryTracker) {
     info!("🔍 Initializing intelligent job recovery system with VMA validation");
     info!("🚀 Running intelligent job recovery scan with VMA validation...");
     info!("🔍 Starting intelligent job recovery with VMA validation on OMA startup");
     // Another OMA starting at the same moment recovers first; we then skip what it polls.
     let lock_wait = Duration::from_secs(120);
-    match run_recovery(&shared, &poller, &tracker, "startup", false, lock_wait).await {
+    match run_recovery(&services, &poller, &tracker, "startup", false, lock_wait).await {
         Ok(Some(report)) => {
             info!("{}", report.summary.log_text());
             let by_outcome: BTreeMap<&str, usize> = report.jobs.iter().fold(BTreeMap::new(), |mut m, r| {

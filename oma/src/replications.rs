@@ -8,9 +8,9 @@ use sqlx::Row;
 use tracing::{info, warn};
 
 use crate::db::{self, Finalization};
-use crate::domain::{nbd_export_name, FailureClass, JobStatus};
+use crate::domain::{nbd_export_name, FailureClass, JobStatus, ReplicationType};
 use crate::poller::Poller;
-use crate::shared::Shared;
+use crate::services::Services;
 use crate::vma_client::{NbdTarget, ReplicateRequest};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -18,7 +18,7 @@ use crate::vma_client::{NbdTarget, ReplicateRequest};
 pub struct CreateMigrationRequest {
     pub source_vm: SourceVm,
     pub ossea_config_id: i64,
-    pub replication_type: Option<String>,
+    pub replication_type: Option<ReplicationType>,
     pub target_network: Option<String>,
     pub vcenter_host: Option<String>,
     pub datacenter: Option<String>,
@@ -99,13 +99,6 @@ impl CreateMigrationRequest {
         if self.ossea_config_id <= 0 {
             return Err(CreateError::Invalid("ossea_config_id is required and must be a positive id".into()));
         }
-        if let Some(t) = &self.replication_type {
-            if t != "initial" && t != "incremental" {
-                return Err(CreateError::Invalid(format!(
-                    "replication_type must be initial or incremental, not {t:?}"
-                )));
-            }
-        }
         if self.source_vm.name.len() > 200 || self.source_vm.id.len() > 255 || self.source_vm.path.len() > 500 {
             return Err(CreateError::Invalid("source_vm.id, name or path is too long".into()));
         }
@@ -124,7 +117,7 @@ fn new_job_id() -> String {
 }
 
 pub async fn create_replication(
-    shared: &Shared,
+    services: &Services,
     poller: &Poller,
     request: CreateMigrationRequest,
 ) -> Result<MigrationStartResult, CreateError> {
@@ -143,7 +136,7 @@ pub async fn create_replication(
         vm.disks.clone()
     };
 
-    let mut tx = shared.pool.begin().await?;
+    let mut tx = services.pool.begin().await?;
     let candidate_ctx = format!(
         "ctx-{}-{}",
         vm.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(30).collect::<String>(),
@@ -177,7 +170,7 @@ pub async fn create_replication(
     sqlx::query(
         "INSERT INTO replication_jobs (id, vm_context_id, source_vm_id, source_vm_name, source_vm_path, vcenter_host, \
          datacenter, replication_type, target_network, ossea_config_id, status, setup_progress_percent, current_operation) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'initializing', 10, 'Initializing')",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 10, 'Initializing')",
     )
     .bind(&job_id)
     .bind(&context_id)
@@ -186,9 +179,10 @@ pub async fn create_replication(
     .bind(&vm.path)
     .bind(&vcenter)
     .bind(&datacenter)
-    .bind(request.replication_type.clone().unwrap_or_else(|| "initial".into()))
+    .bind(request.replication_type.unwrap_or(ReplicationType::Initial).as_str())
     .bind(&request.target_network)
     .bind(request.ossea_config_id)
+    .bind(JobStatus::Initializing.as_str())
     .execute(&mut *tx)
     .await?;
     let mut volumes = Vec::new();
@@ -252,7 +246,7 @@ pub async fn create_replication(
         username: String::new(),
         password: String::new(),
         vm_paths: vec![vm.path.clone()],
-        oma_url: format!("http://{}", shared.settings.listen),
+        oma_url: format!("http://{}", services.settings.listen),
         nbd_targets: volumes
             .iter()
             .enumerate()
@@ -262,7 +256,7 @@ pub async fn create_replication(
             })
             .collect(),
     };
-    if let Err(e) = shared.vma.replicate(&request_body).await {
+    if let Err(e) = services.vma.replicate(&request_body).await {
         warn!(job_id = %job_id, "VMA /replicate failed: {e}");
         let fin = Finalization::failed(
             JobStatus::ReplicationFailed,
@@ -271,30 +265,32 @@ pub async fn create_replication(
             None,
             None,
         );
-        if let Err(db_err) = db::finalize_job(&shared.pool, &job_id, &fin).await {
+        if let Err(db_err) = db::finalize_job(&services.pool, &job_id, &fin).await {
             warn!(job_id = %job_id, "could not mark the job replication_failed: {db_err}");
         }
         return Err(CreateError::VmaRefused(e.to_string()));
     }
     sqlx::query(
-        "UPDATE replication_jobs SET status = 'replicating', started_at = NOW(3), updated_at = NOW(3), \
+        "UPDATE replication_jobs SET status = ?, started_at = NOW(3), updated_at = NOW(3), \
          setup_progress_percent = 85, current_operation = 'Starting replication', nbd_export_name = ? \
-         WHERE id = ? AND status = 'initializing'",
+         WHERE id = ? AND status = ?",
     )
+    .bind(JobStatus::Replicating.as_str())
     .bind(volumes.first().map(|v| v.nbd_export_name.clone()))
     .bind(&job_id)
-    .execute(&shared.pool)
+    .bind(JobStatus::Initializing.as_str())
+    .execute(&services.pool)
     .await?;
     let claimed = db::claim_polling_many(
-        &shared.pool,
+        &services.pool,
         std::slice::from_ref(&job_id),
-        &shared.instance_id,
-        shared.settings.lease_ttl(),
+        &services.instance_id,
+        services.settings.lease_ttl(),
     )
     .await?;
     if claimed.contains(&job_id) {
-        let mut jobs = db::load_unfinished(&shared.pool, Some(&job_id)).await?;
-        db::attach_export_names(&shared.pool, &mut jobs).await?;
+        let mut jobs = db::load_unfinished(&services.pool, Some(&job_id)).await?;
+        db::attach_export_names(&services.pool, &mut jobs).await?;
         if let Some(job) = jobs.first() {
             // Nobody asked the VMA about it yet: poll at once.
             poller.track(job, None, false);

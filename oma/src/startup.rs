@@ -17,12 +17,12 @@ use crate::db;
 use crate::health_monitor::HealthMonitor;
 use crate::poller::{Poller, SHUTDOWN_DB_WAIT};
 use crate::recovery::{new_tracker, startup_recovery, RecoveryTracker};
-use crate::shared::Shared;
+use crate::services::Services;
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     poller: Poller,
     recovery: RecoveryTracker,
     health_monitor: HealthMonitor,
@@ -55,11 +55,11 @@ impl Application {
             .with_context(|| format!("cannot listen on {} (OMA_LISTEN)", settings.listen))?;
         let addr = listener.local_addr()?;
         let instance_id = settings.instance_id.clone().unwrap_or_else(|| default_instance_id(addr));
-        let shared = Arc::new(Shared::new(settings, pool, instance_id));
-        shared.clock.sync_with_database(&shared.pool).await?;
-        let poller = Poller::new(shared.clone());
-        let health_monitor = HealthMonitor::new(shared.clone(), poller.clone());
-        Ok(Application { listener, addr, shared, poller, recovery: new_tracker(), health_monitor })
+        let services = Arc::new(Services::new(settings, pool, instance_id));
+        services.clock.sync_with_database(&services.pool).await?;
+        let poller = Poller::new(services.clone());
+        let health_monitor = HealthMonitor::new(services.clone(), poller.clone());
+        Ok(Application { listener, addr, services, poller, recovery: new_tracker(), health_monitor })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -67,7 +67,7 @@ impl Application {
     }
 
     pub fn instance_id(&self) -> &str {
-        &self.shared.instance_id
+        &self.services.instance_id
     }
 
     /// Serve, poll, recover and monitor until `shutdown` resolves or a task ends.
@@ -77,7 +77,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let cancel = CancellationToken::new();
         let state = AppState {
-            shared: self.shared.clone(),
+            services: self.services.clone(),
             poller: self.poller.clone(),
             recovery: self.recovery.clone(),
             health_monitor: self.health_monitor.clone(),
@@ -93,7 +93,7 @@ impl Application {
                 .map_err(anyhow::Error::from)
                 .map(|_| "http server")
         });
-        info!("OMA API server started successfully on {} (instance {})", self.addr, self.shared.instance_id);
+        info!("OMA API server started successfully on {} (instance {})", self.addr, self.services.instance_id);
         let poller_cancel = cancel.clone();
         let poller = self.poller.clone();
         tasks.spawn(async move {
@@ -102,7 +102,7 @@ impl Application {
         });
         // Recovery runs while /health already answers; it is one-shot, so not supervised.
         let recovery_task =
-            tokio::spawn(startup_recovery(self.shared.clone(), self.poller.clone(), self.recovery.clone()));
+            tokio::spawn(startup_recovery(self.services.clone(), self.poller.clone(), self.recovery.clone()));
         let monitor_cancel = cancel.clone();
         let monitor = self.health_monitor.clone();
         tasks.spawn(async move {
@@ -128,7 +128,7 @@ impl Application {
             warn!("Shutdown timed out waiting for tasks");
         }
         // Leave the polling claims for the next start but let any other OMA take them at once.
-        let handover = db::hand_over_leases(&self.shared.pool, &self.shared.instance_id);
+        let handover = db::hand_over_leases(&self.services.pool, &self.services.instance_id);
         let answered = match tokio::time::timeout(SHUTDOWN_DB_WAIT, handover).await {
             Ok(Ok(_)) => true,
             Ok(Err(e)) => {
@@ -144,7 +144,7 @@ impl Application {
             }
         };
         // Closing waits for busy connections; with a stalled database the process exit closes them.
-        if answered && tokio::time::timeout(SHUTDOWN_DB_WAIT, self.shared.pool.close()).await.is_err() {
+        if answered && tokio::time::timeout(SHUTDOWN_DB_WAIT, self.services.pool.close()).await.is_err() {
             warn!("database connections still busy at exit - closed with the process");
         }
         info!("OMA API server stopped");

@@ -231,7 +231,13 @@ async fn job_stays(world: &mut OmaWorld, status: String) {
     // A stability check needs a window: ten poll intervals.
     for _ in 0..10 {
         let row = world.lab().job(&id).await.expect("row");
-        assert_eq!(row.status, status, "job {id} changed: {:?} {:?}", row.vma_error_classification, row.error_message);
+        assert_eq!(
+            row.status.as_str(),
+            status,
+            "job {id} changed: {:?} {:?}",
+            row.vma_error_classification,
+            row.error_message
+        );
         tokio::time::sleep(interval).await;
     }
 }

@@ -1,40 +1,12 @@
-//! What every part of a running OMA shares: settings, pool, VMA client, identity, metrics, clock.
+//! Time for a running OMA: the one wall clock that database ages are compared with ([`Clock`],
+//! synced with the database's `NOW(3)`), and the periodic-loop helper ([`every`]). Everything else
+//! uses tokio time, so tests can pause it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
-
-use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::reconcile::ReconcileConfig;
-use crate::vma_client::VmaClient;
-
-pub struct Shared {
-    pub settings: Settings,
-    pub reconcile: ReconcileConfig,
-    pub pool: MySqlPool,
-    pub vma: VmaClient,
-    pub instance_id: String,
-    pub metrics: Metrics,
-    pub clock: Clock,
-}
-
-impl Shared {
-    pub fn new(settings: Settings, pool: MySqlPool, instance_id: String) -> Shared {
-        let vma = VmaClient::new(&settings.vma_api_url, settings.vma_timeout);
-        Shared {
-            reconcile: settings.reconcile_config(),
-            settings,
-            pool,
-            vma,
-            instance_id,
-            metrics: Metrics::new(),
-            clock: Clock::default(),
-        }
-    }
-}
 
 /// The one source of "now" for ages compared with database timestamps: local time corrected
 /// by the database clock's offset, refreshed from `NOW(3)`.
@@ -80,5 +52,37 @@ pub async fn every<F, Fut>(
                 work().await
             } => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_runs_on_its_period_and_stops_when_cancelled() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let cancel = CancellationToken::new();
+        let start = tokio::time::Instant::now() + Duration::from_secs(1);
+        let task = {
+            let (runs, cancel) = (runs.clone(), cancel.clone());
+            tokio::spawn(async move {
+                every(start, Duration::from_secs(2), &cancel, || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "not before `first`");
+        tokio::time::sleep(Duration::from_millis(4_600)).await; // t = 5.1 s: runs at 1, 3 and 5 s
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        cancel.cancel();
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "nothing after cancel");
     }
 }

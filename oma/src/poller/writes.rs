@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::db::{self, PollStats, ProgressWrite};
-use crate::shared::Shared;
+use crate::services::Services;
 
 /// Start a write before the channel is drained once this many jobs are pending.
 const START_AT_JOBS: usize = 500;
@@ -28,7 +28,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// database returns could start up to 2 s late; a fresh acquire every second keeps that gap short.
 const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
 
-pub(crate) enum WriteMsg {
+pub(super) enum WriteMsg {
     /// A successful poll's progress.
     Progress(ProgressWrite),
     /// A poll's outcome for `vma_polling_state` (`error` is `None` for a successful one).
@@ -39,14 +39,14 @@ pub(crate) enum WriteMsg {
 
 /// What waits to be written, per job.
 #[derive(Default)]
-pub(crate) struct Pending {
+pub(super) struct Pending {
     progress: HashMap<String, ProgressWrite>,
     stats: HashMap<String, PollStats>,
 }
 
 impl Pending {
     /// Fold one message in; false for `Close`.
-    pub(crate) fn add(&mut self, msg: WriteMsg) -> bool {
+    pub(super) fn add(&mut self, msg: WriteMsg) -> bool {
         match msg {
             WriteMsg::Progress(p) => {
                 self.progress.insert(p.job_id.clone(), p);
@@ -62,17 +62,17 @@ impl Pending {
         true
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.progress.is_empty() && self.stats.is_empty()
     }
 
     /// Jobs with something to write.
-    pub(crate) fn jobs(&self) -> usize {
+    pub(super) fn jobs(&self) -> usize {
         self.progress.len().max(self.stats.len())
     }
 
     /// Take back what a failed write did not write, beneath what came in since.
-    pub(crate) fn restore(&mut self, progress: Vec<ProgressWrite>, stats: Vec<PollStats>) {
+    pub(super) fn restore(&mut self, progress: Vec<ProgressWrite>, stats: Vec<PollStats>) {
         for p in progress {
             self.progress.entry(p.job_id.clone()).or_insert(p);
         }
@@ -94,13 +94,13 @@ struct Unwritten {
     error: sqlx::Error,
 }
 
-async fn write(shared: Arc<Shared>, pending: Pending) -> Result<(), Unwritten> {
+async fn write(services: Arc<Services>, pending: Pending) -> Result<(), Unwritten> {
     let jobs = pending.jobs();
     let progress: Vec<ProgressWrite> = pending.progress.into_values().collect();
     let mut stats: Vec<PollStats> = pending.stats.into_values().collect();
     // A connection is waited for at most ACQUIRE_WAIT, then the write is retried with what came in
     // meanwhile (nothing was sent, so nothing can be counted twice).
-    let mut conn = match tokio::time::timeout(ACQUIRE_WAIT, shared.pool.acquire()).await {
+    let mut conn = match tokio::time::timeout(ACQUIRE_WAIT, services.pool.acquire()).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(error)) => return Err(Unwritten { progress, stats, jobs, error }),
         Err(_) => return Err(Unwritten { progress, stats, jobs, error: sqlx::Error::PoolTimedOut }),
@@ -113,7 +113,7 @@ async fn write(shared: Arc<Shared>, pending: Pending) -> Result<(), Unwritten> {
     let mut written = 0;
     while written < stats.len() {
         let chunk = &stats[written..(written + db::BATCH_ROWS).min(stats.len())];
-        if let Err(error) = db::write_poll_stats(&mut conn, &shared.instance_id, chunk).await {
+        if let Err(error) = db::write_poll_stats(&mut conn, &services.instance_id, chunk).await {
             stats.drain(..written);
             return Err(Unwritten { progress: Vec::new(), stats, jobs, error });
         }
@@ -129,7 +129,7 @@ fn worth_retrying(e: &sqlx::Error) -> bool {
 }
 
 /// Receive poll results until `Close`, writing them as described in the module header.
-pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<WriteMsg>) {
+pub(super) async fn write_loop(services: Arc<Services>, mut rx: mpsc::UnboundedReceiver<WriteMsg>) {
     let mut pending = Pending::default();
     let mut buffer = Vec::with_capacity(1024);
     // At most one write in flight; dropping the set (the task aborted at shutdown) cancels it.
@@ -149,7 +149,7 @@ pub(crate) async fn write_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedRecei
                 };
             if start {
                 last_write_started = !open;
-                in_flight.spawn(write(shared.clone(), std::mem::take(&mut pending)));
+                in_flight.spawn(write(services.clone(), std::mem::take(&mut pending)));
             } else if !open {
                 break;
             }

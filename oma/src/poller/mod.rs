@@ -2,6 +2,8 @@
 //! request in flight per job, no cap on the number of jobs, missed ticks are not burst. Ownership
 //! lives in `vma_polling_state` (owner + lease) so a second OMA never polls the same job.
 
+mod writes;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::apply::{finalize, Caller, Outcome};
+use crate::clock::every;
 use crate::db::{self, ProgressWrite, UnfinishedJob};
-use crate::poll_writes::{write_loop, WriteMsg};
-use crate::reconcile::{decide, Decision, JobFacts, KeepReason};
-use crate::shared::{every, Shared};
+use crate::decision::{decide, Decision, JobFacts, KeepReason};
+use crate::reconcile::{finalize, Caller, Outcome, Reconciled};
+use crate::services::Services;
 use crate::vma_client::{LookupKey, Observation};
+use writes::{write_loop, WriteMsg};
 
 /// At shutdown, how long each last database write may take before it is given up: a stalled
 /// database must not hold up the exit (what is not written is polled again after the restart).
@@ -46,8 +49,8 @@ struct Tracked {
     last_error: Option<String>,
 }
 
-struct Inner {
-    shared: Arc<Shared>,
+struct PollerState {
+    services: Arc<Services>,
     jobs: Mutex<HashMap<String, Tracked>>,
     wake: Notify,
     generation: AtomicU64,
@@ -62,7 +65,7 @@ struct Inner {
 /// Cheap to clone; all clones share one set of tracked jobs.
 #[derive(Clone)]
 pub struct Poller {
-    inner: Arc<Inner>,
+    inner: Arc<PollerState>,
 }
 
 /// What one dispatch round did (for tests driving `tick()`).
@@ -89,12 +92,12 @@ pub struct PolledJobStatus {
 }
 
 impl Poller {
-    pub fn new(shared: Arc<Shared>) -> Poller {
+    pub fn new(services: Arc<Services>) -> Poller {
         let (tx, rx) = mpsc::unbounded_channel();
-        let permits = shared.settings.poll_concurrency;
+        let permits = services.settings.poll_concurrency;
         Poller {
-            inner: Arc::new(Inner {
-                shared,
+            inner: Arc::new(PollerState {
+                services,
                 jobs: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 generation: AtomicU64::new(1),
@@ -115,8 +118,11 @@ impl Poller {
         let now = Instant::now();
         // Jobs recovered together get their own phase within the interval, so thousands of them
         // do not fire on the same tick.
-        let first_due =
-            if just_observed { now + self.inner.shared.settings.poll_interval.mul_f64(phase_of(&job.id)) } else { now };
+        let first_due = if just_observed {
+            now + self.inner.services.settings.poll_interval.mul_f64(phase_of(&job.id))
+        } else {
+            now
+        };
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
         let entry = jobs.entry(job.id.clone()).or_insert_with(|| Tracked {
             facts: job.facts(),
@@ -139,16 +145,27 @@ impl Poller {
             entry.preferred = preferred;
         }
         entry.generation = generation;
-        self.inner.shared.metrics.pollers_active.set(jobs.len() as i64);
+        self.inner.services.metrics.pollers_active.set(jobs.len() as i64);
         drop(jobs);
         self.inner.wake.notify_one();
+    }
+
+    /// Take on what a reconcile decided: track the jobs it claimed for this process (the VMA was
+    /// asked a moment ago, so each is next polled within an interval), forget the ones it ended.
+    pub fn adopt(&self, reconciled: &Reconciled) {
+        for claimed in &reconciled.claimed {
+            self.track(&claimed.job, claimed.via.clone(), true);
+        }
+        for report in reconciled.reports.iter().filter(|r| r.outcome.ends_job()) {
+            self.untrack(&report.job_id);
+        }
     }
 
     /// Stop tracking a job in memory. Returns whether it was tracked.
     pub fn untrack(&self, job_id: &str) -> bool {
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
         let removed = jobs.remove(job_id).is_some();
-        self.inner.shared.metrics.pollers_active.set(jobs.len() as i64);
+        self.inner.services.metrics.pollers_active.set(jobs.len() as i64);
         removed
     }
 
@@ -163,13 +180,13 @@ impl Poller {
     }
 
     pub fn job_status(&self, job_id: &str) -> Option<PolledJobStatus> {
-        let now = self.inner.shared.clock.now();
+        let now = self.inner.services.clock.now();
         let jobs = self.inner.jobs.lock().expect("poller lock");
         jobs.get(job_id).map(|t| status_of(job_id, t, now))
     }
 
     pub fn status(&self) -> Vec<PolledJobStatus> {
-        let now = self.inner.shared.clock.now();
+        let now = self.inner.services.clock.now();
         let jobs = self.inner.jobs.lock().expect("poller lock");
         let mut out: Vec<PolledJobStatus> = jobs.iter().map(|(id, t)| status_of(id, t, now)).collect();
         out.sort_by(|a, b| a.job_id.cmp(&b.job_id));
@@ -183,7 +200,7 @@ impl Poller {
     /// Start a poll for every due job that has no request in flight.
     pub fn tick(&self) -> TickOutcome {
         let now = Instant::now();
-        let horizon = dispatch_horizon(now, self.inner.shared.settings.poll_interval);
+        let horizon = dispatch_horizon(now, self.inner.services.settings.poll_interval);
         let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
             let mut jobs = self.inner.jobs.lock().expect("poller lock");
             jobs.iter_mut()
@@ -209,19 +226,19 @@ impl Poller {
     }
 
     async fn poll_one(&self, job_id: String, facts: JobFacts, names: Vec<String>, preferred: Option<LookupKey>) {
-        let shared = &self.inner.shared;
+        let services = &self.inner.services;
         let observation;
         let via;
         {
             let _permit = self.inner.requests.acquire().await.expect("semaphore never closed");
-            let lookup = shared.vma.lookup(&job_id, &names, preferred.as_ref()).await;
+            let lookup = services.vma.lookup(&job_id, &names, preferred.as_ref()).await;
             observation = lookup.observation;
             via = lookup.via;
         }
-        let now = shared.clock.now();
-        let decision = decide(&facts, &observation, now, &shared.reconcile);
+        let now = services.clock.now();
+        let decision = decide(&facts, &observation, now, &services.decision_config);
         self.inner.polls_total.fetch_add(1, Ordering::Relaxed);
-        shared.metrics.poll(match &observation {
+        services.metrics.poll(match &observation {
             Observation::Running(_) => "running",
             Observation::Completed(_) => "completed",
             Observation::Failed { .. } => "failed",
@@ -285,17 +302,12 @@ impl Poller {
                 self.finish(&job_id, false);
             }
             final_decision => {
-                let outcome = finalize(
-                    shared,
-                    Some(self),
-                    &job_id,
-                    facts.progress_percent,
-                    &observation,
-                    final_decision,
-                    Caller::Poller,
-                )
-                .await;
-                if outcome == Outcome::Error {
+                let outcome =
+                    finalize(services, &job_id, facts.progress_percent, &observation, final_decision, Caller::Poller)
+                        .await;
+                if outcome != Outcome::Error {
+                    self.untrack(&job_id);
+                } else {
                     // Still tracked: the next poll (backing off) decides and writes again.
                     self.update_tracked(&job_id, |t| {
                         t.consecutive_errors += 1;
@@ -323,8 +335,8 @@ impl Poller {
 
     /// End a poll: clear in-flight and schedule the next one (backing off after failures).
     fn finish(&self, job_id: &str, ok: bool) {
-        let interval = self.inner.shared.settings.poll_interval;
-        let now_wall = self.inner.shared.clock.now();
+        let interval = self.inner.services.settings.poll_interval;
+        let now_wall = self.inner.services.clock.now();
         self.update_tracked(job_id, |t| {
             t.in_flight = false;
             t.polls += 1;
@@ -336,10 +348,10 @@ impl Poller {
 
     /// Renew our leases and drop jobs we no longer own (finished, released, or taken over).
     pub async fn maintain(&self) -> Result<(), sqlx::Error> {
-        let shared = &self.inner.shared;
+        let services = &self.inner.services;
         let generation_before = self.inner.generation.load(Ordering::Relaxed);
-        db::renew_leases(&shared.pool, &shared.instance_id, shared.settings.lease_ttl()).await?;
-        let owned = db::owned_active_jobs(&shared.pool, &shared.instance_id).await?;
+        db::renew_leases(&services.pool, &services.instance_id, services.settings.lease_ttl()).await?;
+        let owned = db::owned_active_jobs(&services.pool, &services.instance_id).await?;
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
         let lost: Vec<String> = jobs
             .iter()
@@ -350,15 +362,15 @@ impl Poller {
             jobs.remove(&id);
             info!("Stopped polling job {id}: it is finished or no longer owned by this instance");
         }
-        shared.metrics.pollers_active.set(jobs.len() as i64);
+        services.metrics.pollers_active.set(jobs.len() as i64);
         Ok(())
     }
 
     /// Poll until cancelled, then let in-flight polls finish and flush their writes.
     pub async fn run(self, cancel: CancellationToken) {
-        let interval = self.inner.shared.settings.poll_interval;
+        let interval = self.inner.services.settings.poll_interval;
         let rx = self.inner.writes_rx.lock().expect("poller lock").take();
-        let writer = rx.map(|rx| tokio::spawn(write_loop(self.inner.shared.clone(), rx)));
+        let writer = rx.map(|rx| tokio::spawn(write_loop(self.inner.services.clone(), rx)));
         info!("🚀 VMA progress poller started successfully (interval {})", humantime::format_duration(interval));
         // Leases are renewed once per interval in a task of their own: dispatch never waits on the
         // database, so a stalled database delays writes, not polls.
@@ -391,7 +403,7 @@ impl Poller {
         let _ = maintenance.await;
         self.inner.tasks.close();
         if tokio::time::timeout(
-            self.inner.shared.settings.vma_timeout + Duration::from_secs(1),
+            self.inner.services.settings.vma_timeout + Duration::from_secs(1),
             self.inner.tasks.wait(),
         )
         .await
