@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::lab::{seed_jobs_bulk, Lab};
+use crate::lab::Lab;
 use crate::oma_process::OmaConfig;
+use oma_test_support::seed_jobs_bulk;
 
 fn job_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("job-bench-{i:06}")).collect()

@@ -15,7 +15,7 @@ pub struct Gate {
 impl Gate {
     /// A closed gate in front of `target` (`host:port`): nothing listens on its port yet.
     pub fn closed(target: &str) -> Gate {
-        Gate { port: crate::mariadb::free_port(), target: target.to_string(), forwarder: None }
+        Gate { port: oma_test_support::free_port(), target: target.to_string(), forwarder: None }
     }
 
     /// A closed gate in front of the database of `url` (`mysql://…`), and the same URL through it.

@@ -6,9 +6,9 @@ pub mod bench;
 pub mod gate;
 pub mod lab;
 pub mod loadgen;
-pub mod mariadb;
 pub mod oma_process;
 pub mod play;
 
-pub use lab::{Lab, SeedJob};
+pub use lab::Lab;
 pub use oma_process::{OmaConfig, OmaProcess};
+pub use oma_test_support::{mariadb, SeedJob, TestDatabase};

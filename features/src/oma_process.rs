@@ -213,7 +213,7 @@ impl OmaProcess {
         let mut process = OmaProcess {
             name: name.to_string(),
             config,
-            port: crate::mariadb::free_port(),
+            port: oma_test_support::free_port(),
             child: None,
             log: LogBuffer::default(),
             log_path: logs.join(format!("{}.log", name.replace(['/', ' '], "_"))),

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sim_vma::scenario::{Action, Scenario};
 
-use crate::lab::{Lab, SeedJob};
+use crate::lab::Lab;
+use oma_test_support::SeedJob;
 
 /// Log phrases worth showing: while a scenario plays, and as evidence in the sign-off report.
 pub const KEY_PHRASES: [&str; 14] = [

@@ -12,8 +12,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oma_acceptance::mariadb::{free_port, TestDatabase};
 use oma_acceptance::oma_process::{oma_api_binary, target_dir};
+use oma_acceptance::{mariadb::free_port, TestDatabase};
 use serde::{Deserialize, Serialize};
 use sim_vma::{SimConfig, SimVma};
 
@@ -144,7 +144,7 @@ fn port_or_free(preferred: u16) -> u16 {
 }
 
 async fn up(seed: Option<u64>, poll_interval: String, scenario: Option<PathBuf>) -> anyhow::Result<()> {
-    let db = TestDatabase::create().await?;
+    let db = TestDatabase::create(&oma::db::MIGRATOR).await?;
     let sim = SimVma::start(SimConfig {
         listen: format!("127.0.0.1:{}", port_or_free(9081)).parse()?,
         control: format!("127.0.0.1:{}", port_or_free(8091)).parse()?,

@@ -542,7 +542,7 @@ async fn orphans_appear(world: &mut OmaWorld, n: usize, completed: usize) {
         world.lab().vma_job(id, &[], spec).await.expect("sim");
         world.jobs.insert(format!("orphan-{i}"), id.clone());
     }
-    oma_acceptance::lab::seed_jobs_bulk(world.lab().pool(), &ids, 30.0, 0.2).await.unwrap_or_else(|e| panic!("{e:#}"));
+    oma_test_support::seed_jobs_bulk(world.lab().pool(), &ids, 30.0, 0.2).await.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[then(regex = r"^every one of them is polled again within (\d+) seconds$")]

@@ -1,15 +1,15 @@
-//! MariaDB for tests, in the order of SPEC §6: `OMA_TEST_DATABASE_URL` (an existing server) →
-//! a Docker engine (testcontainers, `mariadb:11.4`) → a local `mariadbd` on a temporary data
-//! directory and a free port → a clear error naming all three. One server per test process;
-//! one fresh database per scenario, dropped afterwards (only databases this harness created).
+//! A MariaDB server for tests, in the order of SPEC §6: `OMA_TEST_DATABASE_URL` (an existing
+//! server) → a Docker engine (testcontainers, `mariadb:11.4`) → a local `mariadbd` on a temporary
+//! data directory and a free port → a clear error naming all three. One server per test process,
+//! provisioned on first use; [`crate::TestDatabase`] makes a fresh database on it per test.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use sqlx::mysql::MySqlPoolOptions;
-use sqlx::{Connection, MySqlConnection, MySqlPool};
+use sqlx::mysql::MySqlConnectOptions;
+use sqlx::{Connection, MySqlConnection};
 use tokio::sync::OnceCell;
 
 /// Where the server came from, printed once so a reader knows what ran.
@@ -39,8 +39,8 @@ async fn provision() -> anyhow::Result<Server> {
         let base = strip_database(url.trim());
         check_connect(&base)
             .await
-            .with_context(|| format!("OMA_TEST_DATABASE_URL={} is not reachable", oma::config::redact_url(&base)))?;
-        eprintln!("[harness] MariaDB: existing server from OMA_TEST_DATABASE_URL ({})", oma::config::redact_url(&base));
+            .with_context(|| format!("OMA_TEST_DATABASE_URL={} is not reachable", without_password(&base)))?;
+        eprintln!("[harness] MariaDB: existing server from OMA_TEST_DATABASE_URL ({})", without_password(&base));
         return Ok(Server { base_url: base, provenance: Provenance::ExistingUrl });
     }
     let docker_error = match docker().await {
@@ -64,6 +64,14 @@ async fn provision() -> anyhow::Result<Server> {
     }
 }
 
+/// `mysql://user@host:port` of a URL, its password left out (it is never printed).
+pub fn without_password(url: &str) -> String {
+    match url.parse::<MySqlConnectOptions>() {
+        Ok(o) => format!("mysql://{}@{}:{}", o.get_username(), o.get_host(), o.get_port()),
+        Err(_) => "(a URL that does not parse)".to_string(),
+    }
+}
+
 fn strip_database(url: &str) -> String {
     let url = url.trim_end_matches('/');
     match url.find("://").map(|i| i + 3) {
@@ -75,7 +83,7 @@ fn strip_database(url: &str) -> String {
     }
 }
 
-async fn check_connect(base: &str) -> anyhow::Result<()> {
+pub(crate) async fn check_connect(base: &str) -> anyhow::Result<()> {
     let mut conn = tokio::time::timeout(Duration::from_secs(5), MySqlConnection::connect(&format!("{base}/")))
         .await
         .map_err(|_| anyhow!("connect timed out"))??;
@@ -204,41 +212,6 @@ async fn local_mariadbd() -> anyhow::Result<(String, PathBuf)> {
         }
     }
     Ok((base, datadir))
-}
-
-/// A fresh database for one scenario; dropped by [`TestDatabase::drop_database`].
-pub struct TestDatabase {
-    pub name: String,
-    pub url: String,
-    pub pool: MySqlPool,
-}
-
-impl TestDatabase {
-    /// Create `oma_test_<random>` on the test server and apply the OMA migrations.
-    pub async fn create() -> anyhow::Result<TestDatabase> {
-        let server = server().await?;
-        let name = format!("oma_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = MySqlConnection::connect(&format!("{}/", server.base_url)).await?;
-        sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")).execute(&mut conn).await?;
-        conn.close().await?;
-        let url = format!("{}/{name}", server.base_url);
-        let pool = MySqlPoolOptions::new().max_connections(4).connect(&url).await?;
-        oma::db::migrate(&pool).await?;
-        Ok(TestDatabase { name, url, pool })
-    }
-
-    /// Drop the database this harness created (never any other).
-    pub async fn drop_database(self) {
-        self.pool.close().await;
-        if !self.name.starts_with("oma_test_") {
-            return;
-        }
-        if let Ok(server) = server().await {
-            if let Ok(mut conn) = MySqlConnection::connect(&format!("{}/", server.base_url)).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", self.name)).execute(&mut conn).await;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
-//! The OMA against a real MariaDB (issue 2): migrations twice, the testing guide's SQL
-//! unchanged, and every finalization path frees the VM so a new replication is accepted.
+//! The OMA's statements against a real MariaDB: migrations twice, the testing guide's SQL
+//! unchanged, every finalization path frees the VM, finalization exactly once and in parallel
+//! chunks, recovery locks, poll statistics, and lock races run again.
+
+mod common;
 
 use std::time::Duration;
 
+use common::Fixture;
 use oma::config::Settings;
 use oma::startup::Application;
-use oma_acceptance::{Lab, SeedJob};
+use oma_test_support::SeedJob;
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn migrations_run_twice_in_a_row() {
-    let lab = Lab::new("migrations").await.unwrap();
+    let lab = Fixture::new().await;
     oma::db::migrate(lab.pool()).await.unwrap();
     oma::db::migrate(lab.pool()).await.unwrap();
     let columns: Vec<String> = sqlx::query_scalar(
@@ -87,8 +91,8 @@ ORDER BY updated_at DESC;",
 
 #[tokio::test]
 async fn the_testing_guides_sql_runs_unchanged() {
-    let lab = Lab::new("guide-sql").await.unwrap();
-    lab.seed_job(&SeedJob::replicating("job-guide-1", 42.0, 1.0)).await.unwrap();
+    let lab = Fixture::new().await;
+    lab.seed_job(&SeedJob::replicating("job-guide-1", 42.0, 1.0)).await;
     for sql in GUIDE_SQL {
         let rows = sqlx::raw_sql(sql).fetch_all(lab.pool()).await;
         assert!(rows.is_ok(), "guide query failed: {sql}\n{:?}", rows.err());
@@ -103,8 +107,8 @@ async fn the_testing_guides_sql_runs_unchanged() {
     lab.teardown().await;
 }
 
-async fn start_in_process(lab: &Lab) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut settings = Settings::with_defaults(&lab.db().url, &lab.sim().vma_url()).unwrap();
+async fn start_in_process(lab: &Fixture) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut settings = Settings::with_defaults(&lab.db.url, &lab.sim.vma_url()).unwrap();
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.poll_interval = Duration::from_millis(100);
     settings.vma_timeout = Duration::from_millis(500);
@@ -130,7 +134,7 @@ fn replication_request(vm: &str) -> Value {
 
 #[tokio::test]
 async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
-    let lab = Lab::new("finalization-paths").await.unwrap();
+    let lab = Fixture::new().await;
     struct Case {
         id: &'static str,
         progress: f64,
@@ -178,8 +182,8 @@ async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
     for c in &cases {
         let mut seed = SeedJob::replicating(c.id, c.progress, c.minutes_since_contact);
         seed.bytes_transferred = 4_000_000_000;
-        let names = lab.seed_job(&seed).await.unwrap();
-        lab.vma_job(c.id, &names, c.vma.clone()).await.unwrap();
+        let names = lab.seed_job(&seed).await;
+        lab.vma_job(c.id, &names, c.vma.clone()).await;
         if c.id == "job-stalled" {
             // Stale at exactly the row's numbers: the copy process died at 40 %.
             let job = lab.control.get_job(c.id).await.unwrap();
@@ -195,12 +199,12 @@ async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
     let (url, stop, handle) = start_in_process(&lab).await;
     let http = reqwest::Client::new();
     for Case { id, status, class, context_status: ctx_status, .. } in &cases {
-        let row = lab.wait_for_status(id, status, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e:#}"));
+        let row = lab.wait_for_status(id, status, Duration::from_secs(10)).await;
         assert_eq!(row.vma_error_classification.as_deref(), *class, "{id}");
         assert!(row.completed_at.is_some(), "{id}");
         assert!(row.recovery_attempted, "{id}");
         assert!(row.recovery_method.is_some(), "{id}");
-        let ctx = lab.context_of(id).await.unwrap();
+        let ctx = lab.context_of(id).await;
         assert_eq!(ctx.current_job_id, None, "{id}: current_job_id must be cleared");
         assert_eq!(ctx.current_status, *ctx_status, "{id}");
         assert_eq!(ctx.total_jobs_run, 1, "{id}");
@@ -256,8 +260,8 @@ async fn every_finalization_path_frees_the_vm_for_a_new_replication() {
 
 #[tokio::test]
 async fn a_job_is_finalized_exactly_once_with_two_writers() {
-    let lab = Lab::new("finalize-once").await.unwrap();
-    lab.seed_job(&SeedJob::replicating("job-race", 50.0, 1.0)).await.unwrap();
+    let lab = Fixture::new().await;
+    lab.seed_job(&SeedJob::replicating("job-race", 50.0, 1.0)).await;
     let fin = oma::db::Finalization::completed(None, None);
     let pool = lab.pool().clone();
     let attempts = (0..8).map(|_| {
@@ -277,14 +281,14 @@ async fn a_job_is_finalized_exactly_once_with_two_writers() {
         None,
     );
     assert_eq!(oma::db::finalize_job(&pool, "job-race", &fail).await.unwrap(), oma::db::Finalized::AlreadyFinal);
-    assert_eq!(lab.job("job-race").await.unwrap().status, oma::domain::JobStatus::Completed);
+    assert_eq!(lab.job("job-race").await.status, oma::domain::JobStatus::Completed);
     lab.teardown().await;
 }
 
 #[tokio::test]
 async fn recovery_locks_of_different_databases_do_not_block_each_other() {
-    let a = Lab::new("lock-a").await.unwrap();
-    let b = Lab::new("lock-b").await.unwrap();
+    let a = Fixture::new().await;
+    let b = Fixture::new().await;
     let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let pool_a = a.pool().clone();
@@ -312,7 +316,7 @@ async fn recovery_locks_of_different_databases_do_not_block_each_other() {
 /// recovery of this database (other OMAs, `job-recovery recover`) waits for it in vain.
 #[tokio::test]
 async fn a_recovery_cut_short_does_not_leave_its_lock_held() {
-    let lab = Lab::new("lock-cut-short").await.unwrap();
+    let lab = Fixture::new().await;
     let cut_short = tokio::time::timeout(
         Duration::from_millis(200),
         oma::recovery::with_recovery_lock(lab.pool(), Duration::ZERO, std::future::pending::<()>()),
@@ -320,15 +324,14 @@ async fn a_recovery_cut_short_does_not_leave_its_lock_held() {
     .await;
     assert!(cut_short.is_err(), "the recovery was meant to be cut short");
     // The server frees the lock when the session ends, a moment after the drop.
-    let freed = lab
-        .wait_until("the recovery lock to be free", Duration::from_secs(5), || async {
-            let free: Option<i64> = sqlx::query_scalar("SELECT IS_FREE_LOCK(CONCAT(?, ':', DATABASE()))")
-                .bind(oma::recovery::RECOVERY_LOCK)
-                .fetch_one(lab.pool())
-                .await?;
-            Ok(if free == Some(1) { Ok(()) } else { Err("still held".to_string()) })
-        })
-        .await;
+    let freed = oma_test_support::wait_until("the recovery lock to be free", Duration::from_secs(5), || async {
+        let free: Option<i64> = sqlx::query_scalar("SELECT IS_FREE_LOCK(CONCAT(?, ':', DATABASE()))")
+            .bind(oma::recovery::RECOVERY_LOCK)
+            .fetch_one(lab.pool())
+            .await?;
+        Ok(if free == Some(1) { Ok(()) } else { Err("still held".to_string()) })
+    })
+    .await;
     assert!(freed.is_ok(), "{freed:?}");
     let next = oma::recovery::with_recovery_lock(lab.pool(), Duration::ZERO, async {}).await.unwrap();
     assert!(next.is_some(), "the next recovery could not take the lock");
@@ -339,9 +342,9 @@ async fn a_recovery_cut_short_does_not_leave_its_lock_held() {
 async fn many_finalizations_in_parallel_chunks_keep_shared_contexts_right() {
     // 900 jobs on three shared VM contexts: five chunks, finalized two at a time, each chunk
     // touching every context. Counters and current_job_id must come out as if done one by one.
-    let lab = Lab::new("finalize-many").await.unwrap();
+    let lab = Fixture::new().await;
     let ids: Vec<String> = (0..900).map(|i| format!("job-fin-{i:05}")).collect();
-    oma_acceptance::lab::seed_jobs_bulk(lab.pool(), &ids, 50.0, 1.0).await.unwrap();
+    oma_test_support::seed_jobs_bulk(lab.pool(), &ids, 50.0, 1.0).await.unwrap();
     sqlx::query(
         "UPDATE replication_jobs SET vm_context_id = CONCAT('ctx-job-fin-0000', CAST(SUBSTRING_INDEX(id, '-', -1) AS UNSIGNED) % 3)",
     )
@@ -399,8 +402,8 @@ async fn many_finalizations_in_parallel_chunks_keep_shared_contexts_right() {
 #[tokio::test]
 async fn summed_poll_statistics_count_every_poll() {
     use oma::db::{polling_state, write_poll_stats, PollStats};
-    let lab = Lab::new("poll-stats").await.unwrap();
-    lab.seed_job(&SeedJob::replicating("job-stats", 40.0, 1.0)).await.unwrap();
+    let lab = Fixture::new().await;
+    lab.seed_job(&SeedJob::replicating("job-stats", 40.0, 1.0)).await;
     let pool = lab.pool();
     let ids = vec!["job-stats".to_string()];
     oma::db::claim_polling_many(pool, &ids, "oma-a", Duration::from_secs(60)).await.unwrap();
@@ -436,8 +439,8 @@ async fn summed_poll_statistics_count_every_poll() {
 /// a statement the database refuses for its content does not.
 #[tokio::test]
 async fn a_lock_wait_timeout_is_a_lost_lock_race() {
-    let lab = Lab::new("lock-race").await.unwrap();
-    lab.seed_job(&SeedJob::replicating("job-locked", 40.0, 1.0)).await.unwrap();
+    let lab = Fixture::new().await;
+    lab.seed_job(&SeedJob::replicating("job-locked", 40.0, 1.0)).await;
     let pool = lab.pool();
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("SELECT id FROM replication_jobs WHERE id = 'job-locked' FOR UPDATE")
@@ -464,9 +467,9 @@ async fn a_lock_wait_timeout_is_a_lost_lock_race() {
 /// holds the job's lease row for longer than one wait.
 #[tokio::test]
 async fn a_lease_claim_that_loses_a_lock_race_is_run_again() {
-    let lab = Lab::new("claim-race").await.unwrap();
-    lab.seed_job(&SeedJob::replicating("job-claimed", 40.0, 1.0)).await.unwrap();
-    let url = lab.db.as_ref().expect("the lab's database").url.clone();
+    let lab = Fixture::new().await;
+    lab.seed_job(&SeedJob::replicating("job-claimed", 40.0, 1.0)).await;
+    let url = lab.db.url.clone();
     let impatient = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .after_connect(|conn, _| {
