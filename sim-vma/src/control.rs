@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::scenario::{Action, Scenario};
-use crate::server::SimState;
 use crate::spec::{parse_duration, FaultSpec, JobSpec, SpecError};
+use crate::state::SimState;
 
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()

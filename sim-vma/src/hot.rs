@@ -20,7 +20,9 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::{Plain, SimState};
+use crate::replies::FixedResponse;
+use crate::state::SimState;
+use crate::vma_routes::Route;
 
 /// hyper's initial read buffer: a request head larger than this goes to hyper.
 const READ_BUFFER: usize = 8 * 1024;
@@ -63,9 +65,9 @@ pub(crate) async fn serve(state: &SimState, mut sock: TcpStream) -> Option<Rewin
 
 /// The answer to one hot request, or `None` for one hyper must answer: a route other than
 /// progress, or any fault set (the fault plan draws per request, and only hyper's path draws).
-async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Instant) -> Option<Plain> {
+async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Instant) -> Option<FixedResponse> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    let Some(crate::server::Route::Progress(id)) = crate::server::Route::of(path) else {
+    let Some(Route::Progress(id)) = Route::of(path) else {
         return None;
     };
     let begun = {
@@ -117,13 +119,13 @@ fn head_complete_or_bad(bytes: &[u8]) -> bool {
 
 /// The response as hyper's HTTP/1.1 encoder writes it: status line (hyper's `<none>` for a code
 /// without a reason phrase), the answer's headers in order, `content-length`, `date`, body.
-fn write_http1(plain: &Plain, date: &str, out: &mut Vec<u8>) {
+fn write_http1(plain: &FixedResponse, date: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(plain.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(plain.status.canonical_reason().unwrap_or("<none>").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in plain.kind.headers() {
+    for (name, value) in plain.headers.pairs() {
         for part in [name.as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
             out.extend_from_slice(part);
         }

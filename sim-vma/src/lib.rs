@@ -6,12 +6,18 @@
 
 pub mod client;
 pub mod control;
+pub mod faults;
 mod hot;
 pub mod journal;
+mod listener;
 pub mod model;
+mod replies;
 pub mod scenario;
-pub mod server;
 pub mod spec;
+pub mod state;
+mod vma_routes;
+pub mod wire;
 
 pub use client::ControlClient;
-pub use server::{SimConfig, SimState, SimVma};
+pub use listener::{SimConfig, SimVma};
+pub use state::SimState;

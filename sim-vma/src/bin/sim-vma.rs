@@ -83,6 +83,8 @@ async fn main() {
     sim.shutdown().await;
 }
 
+/// SIGTERM or SIGINT (as PID 1 in a container, a process without a handler ignores SIGTERM).
+/// sim-vma depends on no crate of ours, so this is its own copy of `oma::startup::shutdown_signal`.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
