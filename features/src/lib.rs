@@ -2,12 +2,11 @@
 //! process ([`oma_process`]) and one scenario's world ([`lab`]): fresh database, embedded
 //! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
 
-pub mod bench;
 pub mod gate;
 pub mod lab;
-pub mod loadgen;
 pub mod oma_process;
 pub mod play;
+pub mod procfs;
 
 pub use lab::Lab;
 pub use oma_process::{OmaConfig, OmaProcess};

@@ -169,7 +169,7 @@ async fn starts_without_errors(world: &mut OmaWorld) {
 #[then(regex = r"^the OMA uses under (\d+(?:\.\d+)?) of a CPU core while idle$")]
 async fn idle_cpu(world: &mut OmaWorld, limit: f64) {
     let pid = world.lab().oma().pid().expect("oma-api runs");
-    let cpu = || oma_acceptance::bench::ProcUsage::of(pid).unwrap_or_else(|e| panic!("{e:#}")).cpu_s();
+    let cpu = || oma_acceptance::procfs::ProcUsage::of(pid).unwrap_or_else(|e| panic!("{e:#}")).cpu_s();
     let (before, started) = (cpu(), std::time::Instant::now());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let used = (cpu() - before) / started.elapsed().as_secs_f64();

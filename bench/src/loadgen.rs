@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::bench::{rss_kib, rss_kib_of, ProcUsage};
+use oma_acceptance::procfs::{rss_kib, rss_kib_of, ProcUsage};
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LoadFigures {

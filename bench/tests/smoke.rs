@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
-use oma_acceptance::bench;
-use oma_acceptance::loadgen::{self, Placement};
+use oma_bench::loadgen::{self, Placement};
+use oma_bench::scale;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn benchmarks_run_at_a_smoke_size() {
-    let r = bench::recovery(30).await.unwrap();
+    let r = scale::recovery(30).await.unwrap();
     assert_eq!(r.n, 30);
     assert!(r.start_to_summary > Duration::ZERO);
-    let resume = bench::resume(20).await.unwrap();
+    let resume = scale::resume(20).await.unwrap();
     assert!(resume.all_polled_after_ready > Duration::ZERO);
-    let steady = bench::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
+    let steady = scale::steady(20, Duration::from_millis(200), Duration::from_secs(2)).await.unwrap();
     assert!(steady.polls_per_second > 0.0, "{steady:?}");
-    let outage = bench::outage(20, Duration::from_millis(200), Duration::from_secs(1)).await.unwrap();
+    let outage = scale::outage(20, Duration::from_millis(200), Duration::from_secs(1)).await.unwrap();
     assert!(outage.rss_peak_during_mib > 0.0 && outage.all_fresh_after_return > Duration::ZERO, "{outage:?}");
     let load = loadgen::sim_vs_wiremock(4, Duration::from_millis(500), Placement::SameProcess, 1).await.unwrap();
     assert_eq!(load.len(), 4);

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use oma_acceptance::bench;
-use oma_acceptance::loadgen::{self, Placement};
+use oma_bench::loadgen::{self, Placement};
+use oma_bench::scale;
 
 #[derive(Parser)]
 #[command(
@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
         println!("| jobs | process start → summary | recovery scan | jobs/s |\n|---:|---:|---:|---:|");
         for &n in &cli.sizes {
-            let f = bench::recovery(n).await?;
+            let f = scale::recovery(n).await?;
             println!("| {} | {} | {} | {:.0} |", f.n, ms(f.start_to_summary), ms(f.scan), f.jobs_per_second);
         }
     }
@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("\n### Time to resume (OMA restarted, N running jobs)\n");
         println!("| jobs | spawn → ready | ready → every job freshly polled |\n|---:|---:|---:|");
         for &n in &cli.sizes {
-            let f = bench::resume(n).await?;
+            let f = scale::resume(n).await?;
             println!("| {} | {} | {} |", f.n, ms(f.ready_after_spawn), ms(f.all_polled_after_ready));
         }
     }
@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("\n### Steady polling (interval {}, measured {})\n", cli.steady_interval, cli.steady_duration);
         println!("| jobs | worst vma_last_poll_at age | OMA CPU (cores) | OMA peak RSS | polls/s |\n|---:|---:|---:|---:|---:|");
         for &n in &cli.sizes {
-            let f = bench::steady(n, *cli.steady_interval, *cli.steady_duration).await?;
+            let f = scale::steady(n, *cli.steady_interval, *cli.steady_duration).await?;
             println!(
                 "| {} | {} | {:.3} | {:.1} MiB | {:.0} |",
                 f.n,
@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("\n### Database outage (polling every {}, database away {})\n", cli.steady_interval, cli.outage);
         println!("| jobs | OMA RSS before | OMA peak RSS during the outage | database back → every job freshly polled |\n|---:|---:|---:|---:|");
         for &n in &cli.sizes {
-            let f = bench::outage(n, *cli.steady_interval, *cli.outage).await?;
+            let f = scale::outage(n, *cli.steady_interval, *cli.outage).await?;
             println!(
                 "| {} | {:.1} MiB | {:.1} MiB | {} |",
                 f.n,
