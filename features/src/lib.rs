@@ -4,6 +4,7 @@
 
 pub mod gate;
 pub mod lab;
+pub mod local_lab;
 pub mod oma_process;
 pub mod play;
 pub mod procfs;

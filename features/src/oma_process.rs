@@ -203,25 +203,33 @@ impl OmaProcess {
         Ok(process)
     }
 
-    /// Start a new OMA on a free port without waiting for it to be ready.
+    /// Start a new OMA on a free port without waiting for it to be ready; its log goes to
+    /// `target/acceptance/logs/<name>.log` as well.
     pub async fn launch(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
         let logs = target_dir()
             .parent()
             .map(|p| p.join("acceptance/logs"))
             .unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
         std::fs::create_dir_all(&logs).ok();
-        let mut process = OmaProcess {
-            name: name.to_string(),
-            config,
-            port: oma_test_support::free_port(),
-            child: None,
-            log: LogBuffer::default(),
-            log_path: logs.join(format!("{}.log", name.replace(['/', ' '], "_"))),
-            starts: 0,
-            last_start: None,
-        };
+        let log_path = logs.join(format!("{}.log", name.replace(['/', ' '], "_")));
+        let mut process = OmaProcess::new(name, config, oma_test_support::free_port(), log_path);
         process.spawn().await?;
         Ok(process)
+    }
+
+    /// An OMA that will listen on `port` and append its output to `log_path`; not started yet
+    /// ([`OmaProcess::start_again`] starts it).
+    pub fn new(name: &str, config: OmaConfig, port: u16, log_path: PathBuf) -> OmaProcess {
+        OmaProcess {
+            name: name.to_string(),
+            config,
+            port,
+            child: None,
+            log: LogBuffer::default(),
+            log_path,
+            starts: 0,
+            last_start: None,
+        }
     }
 
     pub fn url(&self) -> String {

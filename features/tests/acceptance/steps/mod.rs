@@ -1,9 +1,13 @@
 //! Step definitions, one module per domain concept.
 
 mod api;
-mod jobs;
+mod database_faults;
+mod job_state;
 mod logs;
 mod oma;
+mod polling;
+mod replications;
+mod seeding;
 mod vma;
 
 use std::time::Duration;

@@ -155,7 +155,7 @@ async fn one_poller(world: &mut OmaWorld) {
     world
         .lab()
         .wait_until("six polls since the OMA started", super::WAIT, || async {
-            let n = crate::steps::jobs::poll_times(world, since).await.len();
+            let n = crate::steps::polling::poll_times(world, since).await.len();
             Ok(if n >= 6 { Ok(()) } else { Err(format!("{n} polls")) })
         })
         .await
@@ -167,7 +167,7 @@ async fn one_poller(world: &mut OmaWorld) {
     // about one interval after the previous one: never two pollers, never a burst.
     let since =
         world.oma_started_at.expect("the OMA was started").max(chrono::Utc::now() - chrono::Duration::seconds(3));
-    let recent = crate::steps::jobs::poll_times(world, since).await;
+    let recent = crate::steps::polling::poll_times(world, since).await;
     assert!(recent.len() >= 5, "only {} polls since {since}", recent.len());
     check_cadence(&recent, interval);
 }
@@ -207,7 +207,7 @@ async fn polled_every_interval(world: &mut OmaWorld) {
     let recent = world
         .lab()
         .wait_until("eight polls from now on", super::WAIT, || async {
-            let polls = crate::steps::jobs::poll_times(world, since).await;
+            let polls = crate::steps::polling::poll_times(world, since).await;
             Ok(if polls.len() >= 8 { Ok(polls) } else { Err(format!("{} polls", polls.len())) })
         })
         .await
@@ -225,7 +225,7 @@ async fn polled_with_backoff(world: &mut OmaWorld, factor: f64) {
         .lab()
         .wait_until("four polls from now on", super::WAIT, || async {
             // One poll may be two requests a moment apart (by export name, then by job id).
-            let mut polls = crate::steps::jobs::poll_times(world, since).await;
+            let mut polls = crate::steps::polling::poll_times(world, since).await;
             polls.dedup_by(|later, first| (*later - *first).num_milliseconds() < (interval / 2.0) as i64);
             Ok(if polls.len() >= 4 { Ok(polls) } else { Err(format!("{} polls", polls.len())) })
         })
