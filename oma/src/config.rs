@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use clap::{Args, FromArgMatches};
 
-use crate::decision::DecisionConfig;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -55,15 +53,6 @@ impl Settings {
         args.database_url = Some(database_url.to_string());
         args.vma_api_url = vma_api_url.to_string();
         args.into_settings()
-    }
-
-    pub fn decision_config(&self) -> DecisionConfig {
-        DecisionConfig {
-            poll_grace: self.poll_grace,
-            recovery_max_age: self.recovery_max_age,
-            not_found_complete_above: self.not_found_complete_above,
-            stall_after: self.stall_after,
-        }
     }
 
     /// How long a poller's claim on a job lasts without renewal.

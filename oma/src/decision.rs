@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::Settings;
 use crate::domain::{FailureClass, JobStatus};
 use crate::vma_client::{Observation, VmaProgress};
 
@@ -50,6 +51,17 @@ pub struct DecisionConfig {
     pub recovery_max_age: Duration,
     pub not_found_complete_above: f64,
     pub stall_after: Duration,
+}
+
+impl DecisionConfig {
+    pub fn from_settings(settings: &Settings) -> DecisionConfig {
+        DecisionConfig {
+            poll_grace: settings.poll_grace,
+            recovery_max_age: settings.recovery_max_age,
+            not_found_complete_above: settings.not_found_complete_above,
+            stall_after: settings.stall_after,
+        }
+    }
 }
 
 impl Default for DecisionConfig {

@@ -25,7 +25,7 @@ impl Services {
     pub fn new(settings: Settings, pool: MySqlPool, instance_id: String) -> Services {
         let vma = VmaClient::new(&settings.vma_api_url, settings.vma_timeout);
         Services {
-            decision_config: settings.decision_config(),
+            decision_config: DecisionConfig::from_settings(&settings),
             settings,
             pool,
             vma,

@@ -272,7 +272,7 @@ pub enum LookupKey {
 pub struct Lookup {
     pub observation: Observation,
     pub via: Option<LookupKey>,
-    /// Export names tried and what each said, for the recovery log.
+    /// The names asked, in order, and what each said (tests count the requests with it).
     pub attempts: Vec<(String, &'static str)>,
 }
 
@@ -293,10 +293,6 @@ impl VmaClient {
             .build()
             .expect("reqwest client with static settings");
         VmaClient { base_url: base_url.trim_end_matches('/').to_string(), http }
-    }
-
-    pub fn base_url(&self) -> &str {
-        &self.base_url
     }
 
     /// One `GET /api/v1/progress/{id}`, classified.
