@@ -125,7 +125,7 @@ async fn serve_lab(
     config.health_stale_after = options.poll_interval * 6;
     config.vma_timeout = Duration::from_secs(5);
     config.poll_grace = Duration::from_secs(30);
-    let mut oma = OmaProcess::new("oma-lab", config, port_or_free(8082), logs.join("oma-api.log"));
+    let mut oma = OmaProcess::new("oma-lab", config, port_or_free(8082), logs.join("oma-api.log"))?;
     oma.start_again().await?;
     let oma = Arc::new(Mutex::new(oma));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

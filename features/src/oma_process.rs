@@ -2,7 +2,7 @@
 //! (SIGKILL), captured logs. `OMA_UNDER_TEST="cmd …"` runs another OMA with the same
 //! environment-variable configuration; the default is this workspace's `oma-api`.
 
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
@@ -142,17 +141,71 @@ pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
         .cloned()
 }
 
-/// Lines a process printed, shared with the reader tasks.
-#[derive(Clone, Default)]
-pub struct LogBuffer(Arc<Mutex<Vec<String>>>);
+/// What a process printed. Its stdout and stderr go straight to a file — no pipe the harness must
+/// keep draining, no reader task lagging behind under load — and are read back on demand, so a
+/// question about the log ("was this logged?", "how many times?") is answered on everything the
+/// process wrote up to the moment it is asked.
+#[derive(Clone)]
+pub struct LogBuffer(Arc<Mutex<LogFile>>);
+
+struct LogFile {
+    path: PathBuf,
+    /// Bytes of the file already split into `lines`.
+    read: u64,
+    lines: Vec<String>,
+    /// The start of a line whose end has not been written yet.
+    partial: Vec<u8>,
+}
+
+impl LogFile {
+    /// Take in whatever the process wrote since the last call.
+    fn refresh(&mut self) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else { return };
+        if file.seek(SeekFrom::Start(self.read)).is_err() {
+            return;
+        }
+        let mut new = Vec::new();
+        if file.read_to_end(&mut new).is_err() {
+            return;
+        }
+        self.read += new.len() as u64;
+        self.partial.extend_from_slice(&new);
+        let mut start = 0;
+        while let Some(end) = self.partial[start..].iter().position(|b| *b == b'\n') {
+            let line = &self.partial[start..start + end];
+            self.lines.push(String::from_utf8_lossy(line).trim_end_matches('\r').to_string());
+            start += end + 1;
+        }
+        self.partial.drain(..start);
+    }
+}
 
 impl LogBuffer {
+    /// The log of a process that writes to `path` (created empty here).
+    fn create(path: PathBuf) -> std::io::Result<LogBuffer> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::create(&path)?;
+        Ok(LogBuffer(Arc::new(Mutex::new(LogFile { path, read: 0, lines: Vec::new(), partial: Vec::new() }))))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&[String]) -> T) -> T {
+        let mut file = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        file.refresh();
+        f(&file.lines)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).path.clone()
+    }
+
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().expect("log lock").clone()
+        self.read(|lines| lines.to_vec())
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().expect("log lock").len()
+        self.read(|lines| lines.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -160,28 +213,51 @@ impl LogBuffer {
     }
 
     pub fn since(&self, mark: usize) -> Vec<String> {
-        self.0.lock().expect("log lock").iter().skip(mark).cloned().collect()
+        self.read(|lines| lines.iter().skip(mark).cloned().collect())
     }
 
     /// The first line at or after `from` containing `needle`, and the index to resume from.
     pub fn find_from(&self, from: usize, needle: &str) -> (Option<String>, usize) {
-        let lines = self.0.lock().expect("log lock");
-        let found = lines.iter().skip(from).find(|l| l.contains(needle)).cloned();
-        (found, lines.len())
+        self.read(|lines| (lines.iter().skip(from).find(|l| l.contains(needle)).cloned(), lines.len()))
     }
 
     pub fn count(&self, needle: &str) -> usize {
-        self.0.lock().expect("log lock").iter().filter(|l| l.contains(needle)).count()
+        self.read(|lines| lines.iter().filter(|l| l.contains(needle)).count())
     }
 
     pub fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.read(|lines| lines[lines.len().saturating_sub(n)..].join("\n"))
     }
 
-    fn push(&self, line: String) {
-        self.0.lock().expect("log lock").push(line);
+    /// Append a line of the harness's own (a start marker) between the process's lines.
+    fn note(&self, line: &str) -> std::io::Result<()> {
+        let path = self.path();
+        let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+        writeln!(file, "{line}")
     }
+}
+
+/// `target/acceptance/logs/`, where each OMA's log file is `<name>-<pid>-<n>.log` (`pid` of the
+/// test process). The first OMA of a test process removes the files of test processes that are
+/// gone, so the directory holds the logs of the latest runs only.
+fn log_path(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static TIDIED: std::sync::Once = std::sync::Once::new();
+    let dir = target_dir()
+        .parent()
+        .map(|p| p.join("acceptance/logs"))
+        .unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
+    TIDIED.call_once(|| {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let pid = file.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    });
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{}-{}-{n}.log", name.replace(['/', ' '], "_"), std::process::id()))
 }
 
 pub struct OmaProcess {
@@ -206,30 +282,16 @@ impl OmaProcess {
     /// Start a new OMA on a free port without waiting for it to be ready; its log goes to
     /// `target/acceptance/logs/<name>.log` as well.
     pub async fn launch(name: &str, config: OmaConfig) -> anyhow::Result<OmaProcess> {
-        let logs = target_dir()
-            .parent()
-            .map(|p| p.join("acceptance/logs"))
-            .unwrap_or_else(|| PathBuf::from("target/acceptance/logs"));
-        std::fs::create_dir_all(&logs).ok();
-        let log_path = logs.join(format!("{}.log", name.replace(['/', ' '], "_")));
-        let mut process = OmaProcess::new(name, config, oma_test_support::free_port(), log_path);
+        let mut process = OmaProcess::new(name, config, oma_test_support::free_port(), log_path(name))?;
         process.spawn().await?;
         Ok(process)
     }
 
-    /// An OMA that will listen on `port` and append its output to `log_path`; not started yet
-    /// ([`OmaProcess::start_again`] starts it).
-    pub fn new(name: &str, config: OmaConfig, port: u16, log_path: PathBuf) -> OmaProcess {
-        OmaProcess {
-            name: name.to_string(),
-            config,
-            port,
-            child: None,
-            log: LogBuffer::default(),
-            log_path,
-            starts: 0,
-            last_start: None,
-        }
+    /// An OMA that will listen on `port` and write its output to `log_path` (emptied now); not
+    /// started yet ([`OmaProcess::start_again`] starts it).
+    pub fn new(name: &str, config: OmaConfig, port: u16, log_path: PathBuf) -> anyhow::Result<OmaProcess> {
+        let log = LogBuffer::create(log_path.clone()).with_context(|| format!("creating {}", log_path.display()))?;
+        Ok(OmaProcess { name: name.to_string(), config, port, child: None, log, log_path, starts: 0, last_start: None })
     }
 
     pub fn url(&self) -> String {
@@ -260,40 +322,20 @@ impl OmaProcess {
             }
             _ => Command::new(oma_api_binary().await?),
         };
+        self.starts += 1;
+        self.log.note(&format!("===== {} start #{} (port {}) =====", self.name, self.starts, self.port))?;
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log_path)?;
         cmd.envs(self.config.env(self.port))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out.try_clone()?)
+            .stderr(out)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.name))?;
-        self.starts += 1;
+        let child = cmd.spawn().with_context(|| format!("starting {}", self.name))?;
+        if let Some(pid) = child.id() {
+            // Dies with this process even when it is killed (kill_on_drop needs an orderly end).
+            oma_test_support::reaper::adopt(pid);
+        }
         self.last_start = Some(Instant::now());
-        let header = format!("===== {} start #{} (port {}) =====", self.name, self.starts, self.port);
-        self.log.push(header.clone());
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).ok();
-        let file = Arc::new(Mutex::new(file.map(std::io::BufWriter::new)));
-        if let Some(f) = file.lock().expect("log file lock").as_mut() {
-            let _ = writeln!(f, "{header}");
-        }
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        for stream in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
-            let log = self.log.clone();
-            let file = file.clone();
-            tokio::spawn(async move {
-                // Read promptly so the OMA never blocks on a full pipe; buffered file writes.
-                let mut lines = BufReader::with_capacity(1 << 16, stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(f) = file.lock().expect("log file lock").as_mut() {
-                        let _ = writeln!(f, "{line}");
-                    }
-                    log.push(line);
-                }
-                if let Some(f) = file.lock().expect("log file lock").as_mut() {
-                    let _ = f.flush();
-                }
-            });
-        }
         self.child = Some(child);
         Ok(())
     }
@@ -325,9 +367,11 @@ impl OmaProcess {
 
     async fn signal_and_wait(&mut self, signal: Signal, timeout: Duration) -> anyhow::Result<Option<i32>> {
         let Some(mut child) = self.child.take() else { return Ok(None) };
-        if let Some(pid) = child.id() {
+        let pid = child.id();
+        if let Some(pid) = pid {
             kill(Pid::from_raw(pid as i32), signal).map_err(|e| anyhow!("sending {signal} to {}: {e}", self.name))?;
         }
+        let _forget = ReleaseOnDrop(pid);
         match tokio::time::timeout(timeout, child.wait()).await {
             Ok(status) => Ok(status?.code()),
             Err(_) => {
@@ -370,6 +414,17 @@ impl OmaProcess {
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Forgets a child in the reaper's registry once it has exited (or been killed on timeout).
+struct ReleaseOnDrop(Option<u32>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            oma_test_support::reaper::release(pid);
         }
     }
 }

@@ -180,7 +180,12 @@ async fn health_recovery(world: &mut OmaWorld, state: String) {
 
 /// Waits until the OMA is healthy and its recovery tracker is in one of `states`.
 pub async fn wait_recovery_state(world: &OmaWorld, states: &[&str]) {
-    let url = format!("{}/health", world.lab().oma().url());
+    wait_recovery_state_of(world, &world.lab().oma().url(), states).await;
+}
+
+/// [`wait_recovery_state`] of the OMA at `oma_url`.
+pub async fn wait_recovery_state_of(world: &OmaWorld, oma_url: &str, states: &[&str]) {
+    let url = format!("{oma_url}/health");
     world
         .lab()
         .wait_until(&format!("/health to show recovery {}", states.join(" or ")), WAIT, || async {

@@ -38,11 +38,16 @@ async fn logs_show(world: &mut OmaWorld, text: String) {
     }
 }
 
-/// An exact number of lines ("once": something logged per streak, not per poll).
+/// An exact number of lines ("once": something logged per streak, not per poll). Waits until the
+/// lines are there, then counts everything the OMAs have written.
 #[then(regex = r#"^the logs show "(.*)" (once|\d+ times)$"#)]
 async fn logs_show_times(world: &mut OmaWorld, text: String, times: String) {
     let times: usize = times.trim_end_matches(" times").parse().unwrap_or(1);
     let needle = world.expand(&text);
+    let deadline = std::time::Instant::now() + WAIT;
+    while lines_with(world, &needle).len() < times && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     let hits = lines_with(world, &needle);
     assert_eq!(hits.len(), times, "{needle:?} logged {} times: {hits:#?}", hits.len());
 }

@@ -64,9 +64,12 @@ pub async fn poll_times(world: &OmaWorld, since: DateTime<Utc>) -> Vec<DateTime<
         .collect()
 }
 
+/// Counted once the recovery scan is over (its check of the job is the only request allowed),
+/// then again five intervals later.
 #[then(regex = r"^no polling was started for the job$")]
 async fn no_polling(world: &mut OmaWorld) {
     let since = world.oma_started_at.expect("OMA started");
+    super::job_state::wait_recovery_state(world, &["completed", "failed"]).await;
     let interval = world.lab().oma().config.poll_interval;
     let first = poll_times(world, since).await.len();
     tokio::time::sleep(interval * 5).await;
@@ -202,15 +205,46 @@ async fn orphans_polled(world: &mut OmaWorld, secs: u64) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Exactly once is counted when nothing can finalize the job any more: its status is final, its
+/// "marked as completed" line has been logged (the status is committed before the line is
+/// written), every OMA's recovery scan is over and no OMA tracks the job.
 #[then(regex = r"^every completed job is finalized exactly once$")]
 async fn finalized_once(world: &mut OmaWorld) {
     let completed: Vec<String> =
         world.jobs.iter().filter(|(a, _)| a.starts_with("completed-")).map(|(_, id)| id.clone()).collect();
+    for oma in &world.lab().omas {
+        super::job_state::wait_recovery_state_of(world, &oma.url(), &["completed", "failed"]).await;
+    }
     for id in &completed {
         world.lab().wait_for_status(id, "completed", WAIT).await.unwrap_or_else(|e| panic!("{e:#}"));
-        let n: usize = world.lab().omas.iter().map(|o| o.log.count(&format!("Job {id} marked as completed"))).sum();
-        assert_eq!(n, 1, "{id} finalized {n} times");
+        let line = format!("Job {id} marked as completed");
+        let logged = || world.lab().omas.iter().map(|o| o.log.count(&line)).sum::<usize>();
+        world
+            .lab()
+            .wait_until(&format!("{line:?} in a log"), WAIT, || async {
+                let untracked = {
+                    let mut all = true;
+                    for oma in &world.lab().omas {
+                        all &= !tracked_by(world, &oma.url(), id).await?;
+                    }
+                    all
+                };
+                Ok(if logged() >= 1 && untracked { Ok(()) } else { Err(format!("logged {} times", logged())) })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(logged(), 1, "{id} finalized {} times", logged());
     }
+}
+
+/// Whether the OMA at `url` polls `job` (`/api/v1/vma-polling/jobs/{id}`: 404 when it never did).
+async fn tracked_by(world: &OmaWorld, url: &str, job: &str) -> anyhow::Result<bool> {
+    let response = world.lab().http.get(format!("{url}/api/v1/vma-polling/jobs/{job}")).send().await?;
+    if response.status().as_u16() == 404 {
+        return Ok(false);
+    }
+    let body: Value = response.error_for_status()?.json().await?;
+    Ok(body["is_polling"] == true)
 }
 
 #[then(regex = r"^every running job is polled by exactly one process$")]
@@ -244,13 +278,27 @@ async fn marked_elsewhere(world: &mut OmaWorld, status: String) {
     assert_eq!(done.rows_affected(), 1, "no row for {}", world.job());
 }
 
-/// No request for the job reaches the VMA over five poll intervals (from one interval after the
-/// step starts: a poll already in flight may still land).
+/// No request for the job reaches the VMA over five poll intervals, counted from when no OMA
+/// tracks the job plus one VMA timeout (a poll dispatched before may still land until then).
 #[then(regex = r"^the VMA is no longer asked about the job$")]
 async fn no_longer_polled(world: &mut OmaWorld) {
-    let interval = world.lab().omas.first().map(|o| o.config.poll_interval).unwrap_or(Duration::from_millis(100));
-    let from = Utc::now() + chrono::Duration::from_std(interval).expect("interval");
-    tokio::time::sleep(interval * 6).await;
+    let job = world.job();
+    world
+        .lab()
+        .wait_until(&format!("no OMA to track {job}"), WAIT, || async {
+            for oma in &world.lab().omas {
+                if tracked_by(world, &oma.url(), &job).await? {
+                    return Ok(Err(format!("{} still polls it", oma.name)));
+                }
+            }
+            Ok(Ok(()))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let first = world.lab().omas.first().expect("an OMA");
+    let (interval, timeout) = (first.config.poll_interval, first.config.vma_timeout);
+    let from = Utc::now() + chrono::Duration::from_std(timeout).expect("timeout");
+    tokio::time::sleep(timeout + interval * 5).await;
     let polls = poll_times(world, from).await;
     assert!(polls.is_empty(), "the VMA was still asked about {} at {polls:?}", world.job());
 }
