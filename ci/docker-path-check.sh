@@ -57,19 +57,40 @@ wait_under_way() {
 
 leftovers >/dev/null || { echo "[check] not clean before the check: $(leftovers)" >&2; exit 1; }
 
+# Runs "$@" and fails unless a container of the harness ran meanwhile (so the Docker path is what
+# was checked); returns the command's exit status.
+on_docker() {
+  local seen status=0
+  seen=$(mktemp)
+  ( for _ in $(seq 1 1500); do
+      if [ -n "$(docker ps -q --filter label=oma-test-support)" ]; then echo yes >"$seen"; break; fi
+      sleep 0.2
+    done ) &
+  local watcher=$!
+  "$@" >/dev/null 2>&1 || status=$?
+  kill $watcher 2>/dev/null || true
+  if [ "$(cat "$seen")" != yes ]; then echo "[check] no container of the harness ran: not the Docker path" >&2; exit 1; fi
+  rm -f "$seen"
+  return $status
+}
+
 echo "[check] 1. normal exit"
-cargo test -p oma --test database --quiet >/dev/null
+on_docker cargo test -p oma --test database --quiet
 expect_clean "a normal exit"
 
 echo "[check] 2. failed scenarios (an OMA under test that exits at once)"
-if OMA_UNDER_TEST=false cargo test -p oma-acceptance --test acceptance --quiet -- --name "Normal startup with no active jobs" >/dev/null 2>&1; then
+if OMA_UNDER_TEST=false on_docker cargo test -p oma-acceptance --test acceptance --quiet -- --name "Normal startup with no active jobs"; then
   echo "[check] the failing run passed" >&2
   exit 1
 fi
 expect_clean "failed scenarios"
 
 for signal in INT TERM KILL; do
-  echo "[check] 3. SIG$signal to the test process (INT goes to its process group, as Ctrl-C does)"
+  if [ "$signal" = INT ]; then
+    echo "[check] 3. Ctrl-C: SIGINT to the process group of cargo test, as a terminal sends it"
+  else
+    echo "[check] 3. SIG$signal to the test process alone"
+  fi
   setsid cargo test -p oma-acceptance --test acceptance --quiet >/dev/null 2>&1 &
   cargo_pid=$!
   wait_under_way
