@@ -77,6 +77,9 @@ impl OmaConfig {
 
 static BUILT: OnceCell<PathBuf> = OnceCell::const_new();
 
+/// Packages that link this harness and may run it.
+const WORKSPACE_PACKAGES: [&str; 3] = ["oma-acceptance", "oma-bench", "oma"];
+
 /// `target/<profile>/` of this test binary.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -106,8 +109,11 @@ fn newest_source() -> Option<std::time::SystemTime> {
 }
 
 /// Path of the workspace's `oma-api` (or `OMA_API_BIN`). `cargo test --workspace` builds it; it is
-/// rebuilt here only when missing or older than the OMA's sources, because a nested cargo with a
-/// different feature set would recompile every dependency.
+/// built here only when missing or older than the OMA's sources. The nested build selects the
+/// package whose binary is running (`CARGO_PKG_NAME`, which `cargo run` and `cargo test` set) as
+/// well as `oma`: cargo unifies dependency features over the selected packages, so the same
+/// selection plus `oma` (a dependency of it) reuses every dependency the running binary was built
+/// with. Selecting `oma` alone would unify differently and compile tokio and the rest again.
 pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
     BUILT
         .get_or_try_init(|| async {
@@ -123,8 +129,10 @@ pub async fn oma_api_binary() -> anyhow::Result<PathBuf> {
             eprintln!("[harness] building oma-api (missing or older than oma/)");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+            let running = std::env::var("CARGO_PKG_NAME").ok().filter(|p| WORKSPACE_PACKAGES.contains(&p.as_str()));
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "oma", "--bins", "--manifest-path", manifest]);
+            cmd.args(["build", "--quiet", "--manifest-path", manifest, "-p", "oma", "--bins"]);
+            cmd.args(["-p", running.as_deref().unwrap_or("oma-acceptance")]);
             if !target_dir().ends_with("debug") {
                 cmd.arg("--release");
             }

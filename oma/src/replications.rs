@@ -2,7 +2,7 @@
 //! `/api/v1/replicate` (no lock held across it), then `replicating` and polling.
 
 use chrono::Utc;
-use rand::Rng;
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tracing::{info, warn};
@@ -112,7 +112,7 @@ impl CreateMigrationRequest {
 }
 
 fn new_job_id() -> String {
-    let suffix: u32 = rand::thread_rng().gen_range(0..0x100_0000);
+    let suffix: u32 = rand::rng().random_range(0..0x100_0000);
     format!("job-{}-{suffix:06x}", Utc::now().format("%Y%m%d-%H%M%S%.3f"))
 }
 

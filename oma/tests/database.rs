@@ -94,7 +94,7 @@ async fn the_testing_guides_sql_runs_unchanged() {
     let lab = Fixture::new().await;
     lab.seed_job(&SeedJob::replicating("job-guide-1", 42.0, 1.0)).await;
     for sql in GUIDE_SQL {
-        let rows = sqlx::raw_sql(sql).fetch_all(lab.pool()).await;
+        let rows = sqlx::raw_sql(*sql).fetch_all(lab.pool()).await;
         assert!(rows.is_ok(), "guide query failed: {sql}\n{:?}", rows.err());
     }
     let seconds: Option<i64> = sqlx::query_scalar(

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rand::rngs::StdRng;
-use rand::Rng;
+use rand::RngExt;
 
 use crate::spec::{Faults, UnreachableMode};
 
@@ -25,7 +25,7 @@ pub fn is_connection_fault(mode: UnreachableMode) -> bool {
 /// Draw the connection-level decision for a newly accepted connection.
 pub fn decide_connection_fault(faults: &Faults, rng: &mut StdRng) -> Option<UnreachableMode> {
     match faults.unreachable {
-        Some((mode, p)) if is_connection_fault(mode) && rng.gen::<f64>() < p => Some(mode),
+        Some((mode, p)) if is_connection_fault(mode) && rng.random::<f64>() < p => Some(mode),
         _ => None,
     }
 }
@@ -35,18 +35,18 @@ pub fn decide_connection_fault(faults: &Faults, rng: &mut StdRng) -> Option<Unre
 pub fn decide_faults(faults: &Faults, rng: &mut StdRng) -> FaultDecision {
     let mut d = FaultDecision::default();
     if let Some((mode, p)) = faults.unreachable {
-        if mode == UnreachableMode::HangAfterHeaders && rng.gen::<f64>() < p {
+        if mode == UnreachableMode::HangAfterHeaders && rng.random::<f64>() < p {
             d.unreachable = Some(mode);
         }
     }
     if let Some((status, p)) = faults.error_rate {
-        if rng.gen::<f64>() < p {
+        if rng.random::<f64>() < p {
             d.error_status = Some(status);
         }
     }
     if let Some((base, jitter, p)) = faults.latency {
-        if rng.gen::<f64>() < p {
-            let extra = if jitter.is_zero() { 0 } else { rng.gen_range(0..=jitter.as_micros() as u64) };
+        if rng.random::<f64>() < p {
+            let extra = if jitter.is_zero() { 0 } else { rng.random_range(0..=jitter.as_micros() as u64) };
             d.latency = Some(base + Duration::from_micros(extra));
         }
     }

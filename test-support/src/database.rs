@@ -47,7 +47,9 @@ impl TestDatabase {
         let random = &uuid::Uuid::new_v4().simple().to_string()[..12];
         let name = format!("oma_test_{}_{pid}_{start}_{random}", host_tag());
         let mut conn = MySqlConnection::connect(&format!("{}/", server.base_url)).await?;
-        sqlx::query(&format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")).execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4")))
+            .execute(&mut conn)
+            .await?;
         conn.close().await?;
         let url = format!("{}/{name}", server.base_url);
         let pool = MySqlPoolOptions::new().max_connections(4).connect(&url).await?;
@@ -63,7 +65,9 @@ impl TestDatabase {
         }
         if let Ok(server) = server().await {
             if let Ok(mut conn) = MySqlConnection::connect(&format!("{}/", server.base_url)).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{}`", self.name)).execute(&mut conn).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.name)))
+                    .execute(&mut conn)
+                    .await;
             }
         }
     }
@@ -85,7 +89,9 @@ pub async fn drop_abandoned_databases(base_url: &str) {
         for name in names {
             let Some((host, pid, start)) = creator(&name) else { continue };
             if host == mine && !process_alive(pid, start) {
-                sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut conn).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`")))
+                    .execute(&mut conn)
+                    .await?;
                 dropped += 1;
             }
         }

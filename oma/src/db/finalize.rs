@@ -278,8 +278,10 @@ const CONTEXT_COLUMNS: &str = "context_id, vm_name, vmware_vm_id, vm_path, vcent
     last_successful_job_id, last_replication_at, CAST(last_operation_summary AS CHAR) AS last_operation_summary";
 
 pub async fn get_context(pool: &MySqlPool, context_id: &str) -> Result<Option<ContextRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {CONTEXT_COLUMNS} FROM vm_replication_contexts WHERE context_id = ?"))
-        .bind(context_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONTEXT_COLUMNS} FROM vm_replication_contexts WHERE context_id = ?"
+    )))
+    .bind(context_id)
+    .fetch_optional(pool)
+    .await
 }

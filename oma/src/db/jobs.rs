@@ -58,7 +58,7 @@ const JOB_COLUMNS: &str = "id, vm_context_id, source_vm_id, source_vm_name, sour
     vma_validated_at, polling_restarted_at";
 
 pub async fn get_job(pool: &MySqlPool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM replication_jobs WHERE id = ?"))
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM replication_jobs WHERE id = ?")))
         .bind(id)
         .fetch_optional(pool)
         .await
@@ -69,9 +69,9 @@ pub async fn recent_jobs_for_context(
     context_id: &str,
     limit: i64,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM replication_jobs WHERE vm_context_id = ? ORDER BY created_at DESC, id DESC LIMIT ?"
-    ))
+    )))
     .bind(context_id)
     .bind(limit)
     .fetch_all(pool)
@@ -129,7 +129,7 @@ pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result
         active_status_sql_list(),
         if only_job.is_some() { "AND j.id = ?" } else { "" }
     );
-    let mut query = sqlx::query(&sql);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     if let Some(id) = only_job {
         query = query.bind(id);
     }
@@ -240,13 +240,13 @@ pub struct JobCounts {
 }
 
 pub async fn job_counts(pool: &MySqlPool) -> Result<JobCounts, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT COUNT(*) AS unfinished, \
          CAST(COALESCE(SUM(p.is_active = 1 AND p.lease_expires_at > NOW(3)), 0) AS SIGNED) AS live, \
          CAST(COALESCE(SUM(j.vma_last_poll_at IS NULL), 0) AS SIGNED) AS never \
          FROM replication_jobs j LEFT JOIN vma_polling_state p ON p.job_id = j.id WHERE j.status IN ({})",
         active_status_sql_list()
-    ))
+    )))
     .fetch_one(pool)
     .await?;
     Ok(JobCounts {

@@ -156,7 +156,7 @@ pub fn lost_a_lock_race(e: &sqlx::Error) -> bool {
         || db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| matches!(m.number(), 1205 | 1213))
 }
 
-pub(crate) fn push_id_list<'a>(qb: &mut QueryBuilder<'a, MySql>, ids: impl Iterator<Item = &'a str>) {
+pub(crate) fn push_id_list<'a>(qb: &mut QueryBuilder<MySql>, ids: impl Iterator<Item = &'a str>) {
     let mut sep = qb.separated(", ");
     for id in ids {
         sep.push_bind(id);

@@ -183,11 +183,11 @@ pub async fn hand_over_leases(pool: &MySqlPool, owner: &str) -> Result<u64, sqlx
 
 /// Unfinished jobs `owner` holds an active claim on.
 pub async fn owned_active_jobs(pool: &MySqlPool, owner: &str) -> Result<HashSet<String>, sqlx::Error> {
-    let rows: Vec<String> = sqlx::query_scalar(&format!(
+    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT p.job_id FROM vma_polling_state p JOIN replication_jobs j ON j.id = p.job_id \
          WHERE p.owner_instance = ? AND p.is_active = 1 AND j.status IN ({})",
         active_status_sql_list()
-    ))
+    )))
     .bind(owner)
     .fetch_all(pool)
     .await?;

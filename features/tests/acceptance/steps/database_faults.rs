@@ -33,12 +33,12 @@ async fn refuse_updates(world: &OmaWorld, name: &str, table: &str, condition: &s
         "CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW IF {condition} THEN \
          SIGNAL SQLSTATE '{sqlstate}' SET MESSAGE_TEXT = 'injected by the test: {what}'; END IF"
     );
-    sqlx::raw_sql(&sql).execute(world.lab().pool()).await.expect("create the trigger");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(world.lab().pool()).await.expect("create the trigger");
 }
 
 async fn drop_trigger(world: &OmaWorld, name: &str) {
     let sql = format!("DROP TRIGGER IF EXISTS {name}");
-    sqlx::raw_sql(&sql).execute(world.lab().pool()).await.expect("drop the trigger");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(world.lab().pool()).await.expect("drop the trigger");
 }
 
 /// A refusal no retry can cure (SQLSTATE 45000, as a constraint or a full disk would give): a
@@ -167,6 +167,6 @@ async fn drop_oma_connections(world: &mut OmaWorld) {
     );
     for id in ids {
         // A connection may end on its own meanwhile.
-        let _ = sqlx::query(&format!("KILL CONNECTION {id}")).execute(&mut *conn).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}"))).execute(&mut *conn).await;
     }
 }
