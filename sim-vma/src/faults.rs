@@ -15,6 +15,8 @@ pub struct FaultDecision {
     pub unreachable: Option<UnreachableMode>,
     pub error_status: Option<u16>,
     pub latency: Option<Duration>,
+    /// Answer with garbage (a 200 whose body is not the VMA's).
+    pub garbage: bool,
 }
 
 /// Blackhole and reset act on whole connections: decided once per accepted connection.
@@ -44,6 +46,9 @@ pub fn decide_faults(faults: &Faults, rng: &mut StdRng) -> FaultDecision {
             d.error_status = Some(status);
         }
     }
+    if let Some(p) = faults.garbage {
+        d.garbage = rng.random::<f64>() < p;
+    }
     if let Some((base, jitter, p)) = faults.latency {
         if rng.random::<f64>() < p {
             let extra = if jitter.is_zero() { 0 } else { rng.random_range(0..=jitter.as_micros() as u64) };
@@ -72,6 +77,7 @@ mod tests {
                 probability: Some(0.5),
             }),
             error_rate: Some(crate::spec::ErrorRateSpec { status: Some(503), probability: 0.2 }),
+            garbage: None,
             for_duration: None,
         }
         .compile()

@@ -36,12 +36,17 @@ pub(crate) async fn serve(state: &SimState, mut sock: TcpStream) -> Option<Rewin
     let mut filled = 0;
     let mut out = Vec::with_capacity(2048);
     let mut date = HttpDate::default();
+    // The connection's client (its User-Agent), kept while it sends the same one.
+    let mut client: Option<std::sync::Arc<str>> = None;
     loop {
         let mut start = 0;
-        while let Some((len, target)) = hot_request(&buf[start..filled]) {
+        while let Some((len, target, agent)) = hot_request(&buf[start..filled]) {
             let started = Instant::now();
             let now = Utc::now();
-            let Some(plain) = answer(state, target, now, started).await else { break };
+            if client.as_deref() != agent {
+                client = agent.map(std::sync::Arc::from);
+            }
+            let Some(plain) = answer(state, target, client.clone(), now, started).await else { break };
             start += len;
             state.hot_answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             out.clear();
@@ -65,7 +70,13 @@ pub(crate) async fn serve(state: &SimState, mut sock: TcpStream) -> Option<Rewin
 
 /// The answer to one hot request, or `None` for one hyper must answer: a route other than
 /// progress, or any fault set (the fault plan draws per request, and only hyper's path draws).
-async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Instant) -> Option<FixedResponse> {
+async fn answer(
+    state: &SimState,
+    target: &str,
+    client: Option<std::sync::Arc<str>>,
+    now: DateTime<Utc>,
+    started: Instant,
+) -> Option<FixedResponse> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     let Some(Route::Progress(id)) = Route::of(path) else {
         return None;
@@ -77,12 +88,12 @@ async fn answer(state: &SimState, target: &str, now: DateTime<Utc>, started: Ins
         }
         inner.begin_poll(&id, now)
     };
-    Some(state.complete_poll(begun, path, started).await)
+    Some(state.complete_poll(begun, path, client, started).await)
 }
 
-/// The length and request target of a complete hot request at the start of `bytes`; `None` for
-/// a partial head or anything the hot path leaves to hyper.
-fn hot_request(bytes: &[u8]) -> Option<(usize, &str)> {
+/// The length, request target and `User-Agent` of a complete hot request at the start of `bytes`;
+/// `None` for a partial head or anything the hot path leaves to hyper.
+fn hot_request(bytes: &[u8]) -> Option<(usize, &str, Option<&str>)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = request.parse(bytes).ok()? else { return None };
@@ -101,7 +112,12 @@ fn hot_request(bytes: &[u8]) -> Option<(usize, &str)> {
     if request.headers.iter().any(|h| leaves_to_hyper(h.name)) {
         return None;
     }
-    Some((len, target))
+    let agent = request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("user-agent"))
+        .and_then(|h| std::str::from_utf8(h.value).ok());
+    Some((len, target, agent))
 }
 
 /// Bytes of an origin-form target that every URI parser reads alike (RFC 3986 unreserved,
@@ -211,11 +227,13 @@ mod tests {
 
     #[test]
     fn only_plain_progress_gets_go_the_hot_way() {
-        let hot = |head: &str| hot_request(head.as_bytes()).map(|(len, target)| (len, target.to_string()));
+        let hot = |head: &str| hot_request(head.as_bytes()).map(|(len, target, _)| (len, target.to_string()));
         let get = "GET /api/v1/progress/job-1 HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n";
         assert_eq!(hot(get), Some((get.len(), "/api/v1/progress/job-1".into())));
         // A pipelined second request is not part of the first.
         assert_eq!(hot(&format!("{get}GET /x")).map(|(len, _)| len), Some(get.len()));
+        let with_agent = "GET /api/v1/progress/j HTTP/1.1\r\nUser-Agent: oma/0.1.0 (host:8082)\r\n\r\n";
+        assert_eq!(hot_request(with_agent.as_bytes()).and_then(|(_, _, agent)| agent), Some("oma/0.1.0 (host:8082)"));
         assert_eq!(
             hot("GET /api/v1/progress/a%20b?x=1 HTTP/1.1\r\n\r\n").map(|(_, t)| t),
             Some("/api/v1/progress/a%20b?x=1".into())

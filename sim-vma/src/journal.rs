@@ -22,6 +22,9 @@ pub struct Entry {
     pub outcome: &'static str,
     pub status: u16,
     pub latency_ms: f64,
+    /// Who asked: the request's `User-Agent` (the OMA sends `oma/<version> (<instance id>)`), so
+    /// polls of one job by two OMAs can be told apart.
+    pub client: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -154,6 +157,7 @@ mod tests {
             outcome: "ok",
             status: 200,
             latency_ms: 0.1,
+            client: None,
         }
     }
 

@@ -244,6 +244,10 @@ async fn handle(state: &SimState, kill: &CancellationToken, req: Request<Incomin
     if let Some(latency) = decision.latency {
         tokio::time::sleep(latency).await;
     }
+    if decision.garbage {
+        state.record(req.method().to_string(), req.uri().path(), None, "fault_garbage", 200, started);
+        return respond(StatusCode::OK, "text/html", "<html><body><h1>502 Bad Gateway</h1></body></html>\n");
+    }
     if let Some(status) = decision.error_status {
         state.record(req.method().to_string(), req.uri().path(), None, "fault_error_status", status, started);
         return text(

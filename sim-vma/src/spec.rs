@@ -205,6 +205,8 @@ pub struct FaultSpec {
     pub unreachable: Option<UnreachableSpec>,
     pub latency: Option<LatencySpec>,
     pub error_rate: Option<ErrorRateSpec>,
+    /// Answer 200 with a body that is not the VMA's (a proxy's HTML error page).
+    pub garbage: Option<GarbageSpec>,
     /// Clear these faults after this long (e.g. "5s").
     #[serde(rename = "for")]
     pub for_duration: Option<String>,
@@ -232,19 +234,27 @@ pub struct ErrorRateSpec {
     pub probability: f64,
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GarbageSpec {
+    pub probability: Option<f64>,
+}
+
 /// Validated faults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Faults {
     pub unreachable: Option<(UnreachableMode, f64)>,
     pub latency: Option<(Duration, Duration, f64)>,
     pub error_rate: Option<(u16, f64)>,
+    /// Probability of a garbage answer.
+    pub garbage: Option<f64>,
     pub clear_after: Option<Duration>,
 }
 
 impl Faults {
     /// No fault acts on connections or requests (a `clear_after` alone does nothing).
     pub fn is_none(&self) -> bool {
-        self.unreachable.is_none() && self.latency.is_none() && self.error_rate.is_none()
+        self.unreachable.is_none() && self.latency.is_none() && self.error_rate.is_none() && self.garbage.is_none()
     }
 }
 
@@ -286,8 +296,9 @@ impl FaultSpec {
             }
             None => None,
         };
+        let garbage = self.garbage.as_ref().map(|g| probability("garbage.probability", g.probability)).transpose()?;
         let clear_after = self.for_duration.as_deref().map(|d| parse_duration("for", d)).transpose()?;
-        Ok(Faults { unreachable, latency, error_rate, clear_after })
+        Ok(Faults { unreachable, latency, error_rate, garbage, clear_after })
     }
 }
 

@@ -249,6 +249,13 @@ impl SimState {
         }
     }
 
+    /// The newest `limit` journal entries (of one job, by id or export name), oldest first.
+    pub fn journal_entries(&self, job: Option<&str>, limit: usize) -> Vec<crate::journal::Entry> {
+        let inner = self.lock();
+        let job = job.map(|j| inner.resolve(j).unwrap_or_else(|| j.to_string()));
+        inner.journal.entries(job.as_deref(), limit)
+    }
+
     pub fn job_stats(&self, id: &str) -> JobStats {
         let inner = self.lock();
         let key = inner.resolve(id).unwrap_or_else(|| id.to_string());
@@ -349,9 +356,16 @@ impl SimState {
     /// The answer to a poll of `path` that [`Store::begin_poll`] began (`None`: an id nobody
     /// knows), after the poll's delay, journalled. Both the hyper path and the hot path answer
     /// polls through it.
-    pub(crate) async fn complete_poll(&self, begun: Option<BegunPoll>, path: &str, started: Instant) -> FixedResponse {
+    pub(crate) async fn complete_poll(
+        &self,
+        begun: Option<BegunPoll>,
+        path: &str,
+        client: Option<Arc<str>>,
+        started: Instant,
+    ) -> FixedResponse {
         let Some(poll) = begun else {
-            self.record("GET", path, None, "unknown_job", 404, started);
+            let entry = journal_entry("GET".into(), path, None, "unknown_job", 404, Utc::now(), started);
+            self.lock().journal.record(crate::journal::Entry { client, ..entry });
             return FixedResponse::text(StatusCode::NOT_FOUND, "job not found\n");
         };
         if let Some(d) = poll.delay {
@@ -371,7 +385,8 @@ impl SimState {
         inner.journal.poll_finished(&poll.job_id, outcome);
         // The poll's entry carries its start time: the suite measures poll cadence from it.
         let status = plain.status.as_u16();
-        inner.journal.record(journal_entry("GET".into(), path, Some(poll.job_id), outcome, status, poll.now, started));
+        let entry = journal_entry("GET".into(), path, Some(poll.job_id), outcome, status, poll.now, started);
+        inner.journal.record(crate::journal::Entry { client, ..entry });
         plain
     }
 
@@ -401,5 +416,5 @@ fn journal_entry(
 ) -> crate::journal::Entry {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     debug!(%method, path, job, outcome, status, latency_ms, "VMA request");
-    crate::journal::Entry { seq: 0, at, method, path: path.to_string(), job, outcome, status, latency_ms }
+    crate::journal::Entry { seq: 0, at, method, path: path.to_string(), job, outcome, status, latency_ms, client: None }
 }

@@ -3,9 +3,11 @@
 //! method a 405. Path parameters are percent-decoded, as Go decodes `URL.Path` before matching.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::http::header::USER_AGENT;
 use axum::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use chrono::Utc;
@@ -71,7 +73,10 @@ pub(crate) async fn dispatch(state: &SimState, req: Request<Incoming>, started: 
     }
     match route {
         Route::Health => health(state, started),
-        Route::Progress(id) => progress(state, &id, req.uri().path(), started).await,
+        Route::Progress(id) => {
+            let client = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()).map(Arc::from);
+            progress(state, &id, req.uri().path(), client, started).await
+        }
         Route::Status(id) => status(state, &id, started),
         Route::Update(id) => {
             let (id, path) = (id.into_owned(), req.uri().path().to_owned());
@@ -121,9 +126,15 @@ fn health(state: &SimState, started: Instant) -> Response<Body> {
     json_response(StatusCode::OK, body.to_string())
 }
 
-async fn progress(state: &SimState, id: &str, path: &str, started: Instant) -> Response<Body> {
+async fn progress(
+    state: &SimState,
+    id: &str,
+    path: &str,
+    client: Option<Arc<str>>,
+    started: Instant,
+) -> Response<Body> {
     let begun = state.lock().begin_poll(id, Utc::now());
-    state.complete_poll(begun, path, started).await.into_response()
+    state.complete_poll(begun, path, client, started).await.into_response()
 }
 
 fn update(state: &SimState, id: &str, path: &str, body: &[u8], started: Instant) -> Response<Body> {

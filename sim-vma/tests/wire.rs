@@ -447,6 +447,7 @@ fn the_journal_stays_bounded_after_a_million_requests() {
             outcome: "progress",
             status: 200,
             latency_ms: i as f64,
+            client: None,
         }
     }
     let mut journal = sim_vma::journal::Journal::new(10_000);
@@ -729,4 +730,41 @@ async fn reqwest_polls_as_the_oma_does_take_the_hot_path() {
         assert!(serde_json::from_str::<Value>(&body).unwrap()["job_id"] == "job");
     }
     assert_eq!(hot_answers(&control).await, 5);
+}
+
+#[tokio::test]
+async fn garbage_answers_200_with_a_body_that_is_not_progress() {
+    let (sim, control, http) = sim(1).await;
+    control.put_job_json("j", &json!({"mode": "running"})).await.unwrap();
+    control.set_faults_json(&json!({"garbage": {"probability": 1.0}})).await.unwrap();
+    let (status, content_type, body) = get(&http, &sim, "j").await.unwrap();
+    assert_eq!((status, content_type.as_str()), (200, "text/html"));
+    assert!(serde_json::from_str::<Value>(&body).is_err(), "{body}");
+    let err = control.set_faults_json(&json!({"garbage": {"probability": 2.0}})).await.unwrap_err().to_string();
+    assert!(err.contains("garbage.probability"), "{err}");
+    control.clear_faults().await.unwrap();
+    assert_eq!(get(&http, &sim, "j").await.unwrap().0, 200);
+}
+
+/// Both paths journal who asked (the `User-Agent`), so polls of one job by two OMAs are told apart.
+#[tokio::test]
+async fn the_journal_records_who_polled_on_both_paths() {
+    let (sim, control, _) = sim(1).await;
+    control.put_job_json("j", &json!({"mode": "running"})).await.unwrap();
+    let as_client = |agent: &'static str| {
+        reqwest::Client::builder().user_agent(agent).timeout(Duration::from_millis(800)).build().unwrap()
+    };
+    let url = format!("{}/api/v1/progress/j", sim.vma_url());
+    as_client("oma/0.1.0 (a:1)").get(&url).send().await.unwrap();
+    as_client("oma/0.1.0 (a:1)").get(&url).send().await.unwrap();
+    // A fault moves every request to hyper's path.
+    control.set_faults_json(&json!({"latency": {"base": "1ms"}})).await.unwrap();
+    as_client("oma/0.1.0 (b:2)").get(&url).send().await.unwrap();
+    let clients: Vec<Option<String>> =
+        sim.state.journal_entries(Some("j"), 10).into_iter().map(|e| e.client.map(|c| c.to_string())).collect();
+    assert_eq!(
+        clients,
+        vec![Some("oma/0.1.0 (a:1)".into()), Some("oma/0.1.0 (a:1)".into()), Some("oma/0.1.0 (b:2)".into())]
+    );
+    assert!(hot_answers(&control).await >= 2, "the first two polls went the hot way");
 }
