@@ -168,7 +168,7 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
       | a query that does not parse | I POST "/api/v1/job-recovery/trigger?dry_run=maybe"           | 400    | Invalid request        | dry_run               |
       | a path that is not UTF-8    | I GET "/api/v1/vm-contexts/%FF%FE/recent-jobs"                | 400    | Invalid request        | UTF-8                 |
       | a method the route lacks    | I PUT "/api/v1/replications/job-1"                            | 405    | Method not allowed     | PUT is not allowed    |
-      | a body over the limit       | I POST a JSON body of 3000000 bytes to "/api/v1/replications" | 413    | Request body too large | length limit exceeded |
+      | a body over the limit       | I POST a JSON body of 3000000 bytes to "/api/v1/replications" | 413    | Request body too large | at most 2097152 bytes |
       | an unknown endpoint         | I GET "/api/v1/no-such-thing"                                 | 404    | Not found              | no such endpoint      |
       | a body that is not JSON     | I POST "/api/v1/replications"                                 | 400    | Invalid request body   | EOF                   |
       | stopping an unpolled job    | I DELETE "/api/v1/vma-polling/jobs/job-never-seen"            | 404    | Job not polled         | is not being polled   |

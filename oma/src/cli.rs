@@ -124,9 +124,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut settings = Settings::with_defaults(cli.database_url.as_deref().unwrap_or_default(), &cli.vma_api_url)?;
     settings.recovery_max_age = cli.max_age.max(Duration::from_millis(1));
     // A person is waiting: a few seconds for a database that is just starting, not the service's wait.
-    let pool = db::connect(&settings.database_url, 8, Duration::from_secs(5), "job-recovery's wait")
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
+    let pool =
+        db::connect(&settings.database_url, 8, Duration::from_secs(5), "job-recovery's wait", Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the database: {e}"))?;
     let services = Arc::new(Services::new(settings, pool, format!("job-recovery-cli-{}", std::process::id())));
     services.clock.sync_with_database(&services.pool).await?;
     match cli.command {

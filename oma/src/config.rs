@@ -35,8 +35,14 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// How long a start waits for a database that does not accept connections yet.
     pub db_wait: Duration,
-    /// How long an API request that reads waits for the database before answering 503.
+    /// How long an API request waits for the database before answering 503.
     pub api_db_timeout: Duration,
+    /// HTTP connections served at once (more are answered 503 and closed).
+    pub http_max_connections: usize,
+    /// How long a request head may take to arrive (also ends an idle keep-alive connection).
+    pub http_header_timeout: Duration,
+    /// How long a request body may take to arrive.
+    pub http_body_timeout: Duration,
 }
 
 impl Settings {
@@ -55,9 +61,24 @@ impl Settings {
         args.into_settings()
     }
 
-    /// How long a poller's claim on a job lasts without renewal.
+    /// How long before a lease can expire (as the database sees it) its owner stops polling the
+    /// job: one VMA timeout (a poll dispatched at the last moment has landed by then), half an
+    /// interval (the gap the next owner's first poll keeps from it) and 100 ms of slack.
+    pub fn lease_margin(&self) -> Duration {
+        self.vma_timeout + self.poll_interval / 2 + Duration::from_millis(100)
+    }
+
+    /// How long a claim on a job lasts without renewal: the margin, plus three intervals (at least
+    /// a second) of renewals that may fail before the owner has to pause.
     pub fn lease_ttl(&self) -> Duration {
-        (self.poll_interval * 3).max(Duration::from_secs(1)) + self.vma_timeout.min(Duration::from_secs(2))
+        self.lease_margin() + (self.poll_interval * 3).max(Duration::from_secs(1))
+    }
+
+    /// How long after a claim or renewal began this process may go on polling the job: the lease
+    /// less the margin, measured on this process's own clock from before the statement was sent
+    /// (the database set the expiry later than that, so this ends first).
+    pub fn lease_use(&self) -> Duration {
+        self.lease_ttl() - self.lease_margin()
     }
 }
 
@@ -79,6 +100,9 @@ impl std::fmt::Debug for Settings {
             .field("instance_id", &self.instance_id)
             .field("db_wait", &humantime::format_duration(self.db_wait).to_string())
             .field("api_db_timeout", &humantime::format_duration(self.api_db_timeout).to_string())
+            .field("http_max_connections", &self.http_max_connections)
+            .field("http_header_timeout", &humantime::format_duration(self.http_header_timeout).to_string())
+            .field("http_body_timeout", &humantime::format_duration(self.http_body_timeout).to_string())
             .finish()
     }
 }
@@ -149,6 +173,16 @@ pub struct ServeArgs {
     /// "Database unavailable" with the reason
     #[arg(long, env = "OMA_API_DB_TIMEOUT", default_value = "5s")]
     pub api_db_timeout: String,
+    /// HTTP connections served at once; more are answered 503 and closed
+    #[arg(long, env = "OMA_HTTP_MAX_CONNECTIONS", default_value = "1024")]
+    pub http_max_connections: String,
+    /// How long a request head may take to arrive (also how long an idle keep-alive connection
+    /// stays open)
+    #[arg(long, env = "OMA_HTTP_HEADER_TIMEOUT", default_value = "10s")]
+    pub http_header_timeout: String,
+    /// How long a request body may take to arrive
+    #[arg(long, env = "OMA_HTTP_BODY_TIMEOUT", default_value = "10s")]
+    pub http_body_timeout: String,
 }
 
 /// A configuration error that names the variable and the flag.
@@ -161,27 +195,65 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn duration(variable: &'static str, flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+/// A duration between `min` and `max`: a value outside the range would overflow the lease
+/// arithmetic or make the service useless, so it is refused at start with the range named.
+fn duration(
+    variable: &'static str,
+    flag: &'static str,
+    value: &str,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, ConfigError> {
     let err = |reason: String| ConfigError { variable, flag, value: value.to_string(), reason };
     let d = humantime::parse_duration(value.trim())
         .map_err(|e| err(format!("{e} (use a duration such as 5s, 250ms, 30m)")))?;
-    if d.is_zero() {
-        return Err(err("must be greater than zero".into()));
+    if d < min || d > max {
+        return Err(err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        )));
     }
     Ok(d)
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + Default>(
-    variable: &'static str,
-    flag: &'static str,
-    value: &str,
-) -> Result<T, ConfigError> {
-    let err = |reason: &str| ConfigError { variable, flag, value: value.to_string(), reason: reason.into() };
-    let n: T = value.trim().parse().map_err(|_| err("not a whole number"))?;
-    if n <= T::default() {
-        return Err(err("must be greater than zero"));
+/// A whole number between `min` and `max`.
+fn count<T>(variable: &'static str, flag: &'static str, value: &str, (min, max): (T, T)) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let err = |reason: String| ConfigError { variable, flag, value: value.to_string(), reason };
+    let n: T = value.trim().parse().map_err(|_| err(format!("not a whole number (between {min} and {max})")))?;
+    if n < min || n > max {
+        return Err(err(format!("must be between {min} and {max}")));
     }
     Ok(n)
+}
+
+/// Ranges of the settings: wide enough for any deployment and for tests that shorten intervals
+/// to milliseconds, narrow enough that no arithmetic on them overflows.
+pub mod ranges {
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+    const MIN: Duration = Duration::from_secs(60);
+    const H: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    pub const POLL_INTERVAL: (Duration, Duration) = (MS.saturating_mul(10), H);
+    pub const POLL_GRACE: (Duration, Duration) = (MS.saturating_mul(10), DAY);
+    pub const VMA_TIMEOUT: (Duration, Duration) = (MS.saturating_mul(10), MIN.saturating_mul(10));
+    pub const RECOVERY_MAX_AGE: (Duration, Duration) = (S, DAY.saturating_mul(30));
+    pub const HEALTH_INTERVAL: (Duration, Duration) = (MS.saturating_mul(10), DAY);
+    pub const HEALTH_STALE_AFTER: (Duration, Duration) = (MS.saturating_mul(10), DAY);
+    pub const STALL_AFTER: (Duration, Duration) = (MS.saturating_mul(100), DAY.saturating_mul(30));
+    pub const DB_WAIT: (Duration, Duration) = (MS, DAY);
+    pub const API_DB_TIMEOUT: (Duration, Duration) = (MS.saturating_mul(10), MIN.saturating_mul(10));
+    pub const RECOVERY_CONCURRENCY: (usize, usize) = (1, 10_000);
+    pub const POLL_CONCURRENCY: (usize, usize) = (1, 100_000);
+    pub const DB_MAX_CONNECTIONS: (u32, u32) = (1, 1_000);
+    pub const HTTP_MAX_CONNECTIONS: (usize, usize) = (1, 100_000);
+    pub const HTTP_TIMEOUT: (Duration, Duration) = (MS.saturating_mul(10), MIN.saturating_mul(10));
 }
 
 /// Check a database URL without printing its password.
@@ -270,25 +342,74 @@ impl ServeArgs {
             database_url,
             vma_api_url: vma,
             listen,
-            poll_interval: duration("OMA_POLL_INTERVAL", "poll-interval", &self.poll_interval)?,
-            poll_grace: duration("OMA_POLL_GRACE", "poll-grace", &self.poll_grace)?,
-            vma_timeout: duration("OMA_VMA_TIMEOUT", "vma-timeout", &self.vma_timeout)?,
-            recovery_max_age: duration("OMA_RECOVERY_MAX_AGE", "recovery-max-age", &self.recovery_max_age)?,
+            poll_interval: duration("OMA_POLL_INTERVAL", "poll-interval", &self.poll_interval, ranges::POLL_INTERVAL)?,
+            poll_grace: duration("OMA_POLL_GRACE", "poll-grace", &self.poll_grace, ranges::POLL_GRACE)?,
+            vma_timeout: duration("OMA_VMA_TIMEOUT", "vma-timeout", &self.vma_timeout, ranges::VMA_TIMEOUT)?,
+            recovery_max_age: duration(
+                "OMA_RECOVERY_MAX_AGE",
+                "recovery-max-age",
+                &self.recovery_max_age,
+                ranges::RECOVERY_MAX_AGE,
+            )?,
             not_found_complete_above: threshold,
-            health_interval: duration("OMA_HEALTH_INTERVAL", "health-interval", &self.health_interval)?,
-            health_stale_after: duration("OMA_HEALTH_STALE_AFTER", "health-stale-after", &self.health_stale_after)?,
-            stall_after: duration("OMA_STALL_AFTER", "stall-after", &self.stall_after)?,
+            health_interval: duration(
+                "OMA_HEALTH_INTERVAL",
+                "health-interval",
+                &self.health_interval,
+                ranges::HEALTH_INTERVAL,
+            )?,
+            health_stale_after: duration(
+                "OMA_HEALTH_STALE_AFTER",
+                "health-stale-after",
+                &self.health_stale_after,
+                ranges::HEALTH_STALE_AFTER,
+            )?,
+            stall_after: duration("OMA_STALL_AFTER", "stall-after", &self.stall_after, ranges::STALL_AFTER)?,
             log_format,
             instance_id,
-            recovery_concurrency: positive(
+            recovery_concurrency: count(
                 "OMA_RECOVERY_CONCURRENCY",
                 "recovery-concurrency",
                 &self.recovery_concurrency,
+                ranges::RECOVERY_CONCURRENCY,
             )?,
-            poll_concurrency: positive("OMA_POLL_CONCURRENCY", "poll-concurrency", &self.poll_concurrency)?,
-            db_max_connections: positive("OMA_DB_MAX_CONNECTIONS", "db-max-connections", &self.db_max_connections)?,
-            db_wait: duration("OMA_DB_WAIT", "db-wait", &self.db_wait)?,
-            api_db_timeout: duration("OMA_API_DB_TIMEOUT", "api-db-timeout", &self.api_db_timeout)?,
+            poll_concurrency: count(
+                "OMA_POLL_CONCURRENCY",
+                "poll-concurrency",
+                &self.poll_concurrency,
+                ranges::POLL_CONCURRENCY,
+            )?,
+            db_max_connections: count(
+                "OMA_DB_MAX_CONNECTIONS",
+                "db-max-connections",
+                &self.db_max_connections,
+                ranges::DB_MAX_CONNECTIONS,
+            )?,
+            db_wait: duration("OMA_DB_WAIT", "db-wait", &self.db_wait, ranges::DB_WAIT)?,
+            api_db_timeout: duration(
+                "OMA_API_DB_TIMEOUT",
+                "api-db-timeout",
+                &self.api_db_timeout,
+                ranges::API_DB_TIMEOUT,
+            )?,
+            http_max_connections: count(
+                "OMA_HTTP_MAX_CONNECTIONS",
+                "http-max-connections",
+                &self.http_max_connections,
+                ranges::HTTP_MAX_CONNECTIONS,
+            )?,
+            http_header_timeout: duration(
+                "OMA_HTTP_HEADER_TIMEOUT",
+                "http-header-timeout",
+                &self.http_header_timeout,
+                ranges::HTTP_TIMEOUT,
+            )?,
+            http_body_timeout: duration(
+                "OMA_HTTP_BODY_TIMEOUT",
+                "http-body-timeout",
+                &self.http_body_timeout,
+                ranges::HTTP_TIMEOUT,
+            )?,
         })
     }
 }
@@ -331,6 +452,18 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_stops_polling_a_margin_before_its_lease_can_expire() {
+        let s = parse(&[]).unwrap();
+        // 10 s VMA timeout + 2.5 s (half of 5 s) + 0.1 s; three intervals of renewals.
+        assert_eq!(s.lease_margin(), Duration::from_millis(12_600));
+        assert_eq!(s.lease_ttl(), Duration::from_millis(27_600));
+        assert_eq!(s.lease_use(), Duration::from_secs(15));
+        let fast = parse(&["--poll-interval", "100ms", "--vma-timeout", "300ms"]).unwrap();
+        assert_eq!(fast.lease_margin(), Duration::from_millis(450));
+        assert_eq!(fast.lease_use(), Duration::from_secs(1), "at least a second of renewals");
+    }
+
+    #[test]
     fn defaults_match_the_spec() {
         let s = parse(&[]).unwrap();
         assert_eq!(s.poll_interval, Duration::from_secs(5));
@@ -345,7 +478,7 @@ mod tests {
         let e = parse(&["--poll-interval", "5x"]).unwrap_err().to_string();
         assert!(e.contains("OMA_POLL_INTERVAL") && e.contains("5x"), "{e}");
         let e = parse(&["--poll-interval", "0s"]).unwrap_err().to_string();
-        assert!(e.contains("greater than zero"), "{e}");
+        assert!(e.contains("must be between 10ms and 1h"), "{e}");
         let e = parse(&["--not-found-complete-above", "120"]).unwrap_err().to_string();
         assert!(e.contains("OMA_NOT_FOUND_COMPLETE_ABOVE"), "{e}");
         let e = parse(&["--listen", "nowhere"]).unwrap_err().to_string();
@@ -359,6 +492,31 @@ mod tests {
         for good in ["http://vma:9081", "https://10.0.0.5:9081/", "http://localhost:9081/vma"] {
             assert!(parse(&["--vma-api-url", good]).is_ok(), "{good}");
         }
+    }
+
+    /// Values that passed validation once and then overflowed or exhausted memory: each is refused
+    /// at start, naming the variable and its range.
+    #[test]
+    fn extreme_values_are_refused_with_their_range() {
+        for (flag, value, variable, range) in [
+            ("--poll-interval", "300000000000y", "OMA_POLL_INTERVAL", "between 10ms and 1h"),
+            ("--health-interval", "300000000000y", "OMA_HEALTH_INTERVAL", "between 10ms and 1day"),
+            ("--vma-timeout", "11m", "OMA_VMA_TIMEOUT", "between 10ms and 10m"),
+            ("--stall-after", "1ms", "OMA_STALL_AFTER", "between 100ms and 30days"),
+            ("--poll-concurrency", "4611686018427387904", "OMA_POLL_CONCURRENCY", "between 1 and 100000"),
+            ("--db-max-connections", "4294967295", "OMA_DB_MAX_CONNECTIONS", "between 1 and 1000"),
+            ("--db-max-connections", "0", "OMA_DB_MAX_CONNECTIONS", "between 1 and 1000"),
+            ("--recovery-concurrency=-3", "", "OMA_RECOVERY_CONCURRENCY", "between 1 and 10000"),
+            ("--db-wait", "2days", "OMA_DB_WAIT", "between 1ms and 1day"),
+        ] {
+            // A negative value must be glued to its flag, or clap reads it as a flag of its own.
+            let args: Vec<&str> = [flag, value].into_iter().filter(|a| !a.is_empty()).collect();
+            let e = parse(&args).unwrap_err().to_string();
+            assert!(e.contains(variable) && e.contains(range), "{flag} {value}: {e}");
+        }
+        let longest = parse(&["--poll-interval", "1h", "--vma-timeout", "10m", "--health-interval", "1day"]).unwrap();
+        assert!(longest.lease_ttl() > longest.poll_interval, "the lease arithmetic of the largest values");
+        assert_eq!(longest.lease_use(), Duration::from_secs(3 * 3600));
     }
 
     #[test]

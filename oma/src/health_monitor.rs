@@ -43,6 +43,9 @@ impl HealthMonitor {
 
     /// One check.
     pub async fn tick(&self) -> Result<HealthTick, sqlx::Error> {
+        if crate::failpoint::active("health-monitor-panic") {
+            panic!("failpoint health-monitor-panic");
+        }
         let services = &self.services;
         if let Err(e) = services.clock.sync_with_database(&services.pool).await {
             warn!("Health monitor could not read the database clock: {e}");

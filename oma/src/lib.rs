@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod decision;
 pub mod domain;
+pub mod failpoint;
 pub mod health_monitor;
 pub mod metrics;
 pub mod poller;

@@ -1,5 +1,5 @@
-//! Prometheus metrics: recoveries by outcome, polls by result, pollers active, orphans
-//! re-attached, drift between the database and polling.
+//! Prometheus metrics: recoveries by outcome, polls by result, pollers active and paused,
+//! orphans re-attached, drift between the database and polling.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +14,7 @@ pub struct Metrics {
     recoveries: Family<Labels, Counter>,
     polls: Family<Labels, Counter>,
     pub pollers_active: Gauge,
+    pub polling_paused: Gauge,
     pub orphans_reattached: Counter,
     pub drift: Gauge,
     finalizations: Family<Labels, Counter>,
@@ -31,12 +32,18 @@ impl Metrics {
         let recoveries = Family::<Labels, Counter>::default();
         let polls = Family::<Labels, Counter>::default();
         let pollers_active = Gauge::default();
+        let polling_paused = Gauge::default();
         let orphans_reattached = Counter::default();
         let drift = Gauge::default();
         let finalizations = Family::<Labels, Counter>::default();
         registry.register("recoveries", "Recovery decisions applied, by outcome", recoveries.clone());
         registry.register("vma_polls", "VMA progress polls, by result", polls.clone());
         registry.register("pollers_active", "Jobs this process is polling", pollers_active.clone());
+        registry.register(
+            "polling_paused",
+            "Tracked jobs not polled because their lease could not be renewed in time",
+            polling_paused.clone(),
+        );
         registry.register(
             "orphans_reattached",
             "Unpolled jobs the health monitor re-attached",
@@ -48,7 +55,16 @@ impl Metrics {
             drift.clone(),
         );
         registry.register("job_finalizations", "Jobs finalized, by final status", finalizations.clone());
-        Metrics { registry, recoveries, polls, pollers_active, orphans_reattached, drift, finalizations }
+        Metrics {
+            registry,
+            recoveries,
+            polls,
+            pollers_active,
+            polling_paused,
+            orphans_reattached,
+            drift,
+            finalizations,
+        }
     }
 
     pub fn recovery(&self, outcome: &'static str) {

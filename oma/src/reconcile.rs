@@ -4,7 +4,7 @@
 //! final half ([`finalize`]). It never tracks jobs itself: the jobs it claimed for this process come
 //! back in [`Reconciled::claimed`] and the caller hands them to the poller, which owns tracking.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -148,6 +148,8 @@ pub struct Claimed {
     pub job: UnfinishedJob,
     /// The name the VMA answered under, asked first next time.
     pub via: Option<LookupKey>,
+    /// When the claim statement was sent: the lease is good for `lease_use` from then.
+    pub claimed_at: Instant,
 }
 
 /// What a reconcile of many jobs decided and did.
@@ -163,6 +165,10 @@ pub struct Reconciled {
 pub async fn reconcile_many(services: &Services, jobs: Vec<UnfinishedJob>, caller: Caller, apply: Apply) -> Reconciled {
     let dry_run = apply == Apply::DryRun;
     let started = Instant::now();
+    // Claim before asking: the VMA is only asked about a job by the process that holds its lease,
+    // so a job another OMA's live poller holds is left to it, not polled by two OMAs at once.
+    let (jobs, unasked, claimed_at) =
+        if apply == Apply::RecordAndClaim { claim_first(services, jobs).await } else { (jobs, Vec::new(), started) };
     let observed: Vec<Observed> = futures::stream::iter(jobs)
         .map(|job| async move { observe(services, job).await })
         .buffer_unordered(services.settings.recovery_concurrency.max(1))
@@ -175,14 +181,22 @@ pub async fn reconcile_many(services: &Services, jobs: Vec<UnfinishedJob>, calle
         let (finals, keeps): (Vec<usize>, Vec<usize>) =
             (0..observed.len()).partition(|i| observed[*i].decision.is_final());
         // Disjoint jobs: the two kinds of writes run side by side on their own connections.
-        let claim = apply == Apply::RecordAndClaim;
-        let (((kept, claimed), keep_time), (ended, final_time)) = tokio::join!(
-            timed(apply_keeps(services, claim, &observed, &keeps, caller)),
+        let claimed = (apply == Apply::RecordAndClaim).then_some(claimed_at);
+        let (((kept, to_track), keep_time), (ended, final_time)) = tokio::join!(
+            timed(apply_keeps(services, claimed, &observed, &keeps, caller)),
             timed(apply_finals(services, &observed, &finals, caller)),
         );
-        claimed_jobs = claimed;
+        claimed_jobs = to_track;
         for (i, outcome) in kept.into_iter().chain(ended) {
             outcomes[i] = outcome;
+            // A claimed job that did not end (its finalization failed) stays ours: the poller
+            // asks again within an interval and decides again.
+            if outcome == Outcome::Error && finals.contains(&i) {
+                if let Some(claimed_at) = claimed {
+                    let o = &observed[i];
+                    claimed_jobs.push(Claimed { job: o.job.clone(), via: o.via.clone(), claimed_at });
+                }
+            }
         }
         if observed.len() > 1 {
             info!(
@@ -196,14 +210,12 @@ pub async fn reconcile_many(services: &Services, jobs: Vec<UnfinishedJob>, calle
             );
         }
     }
-    let reports = observed
+    let mut reports: Vec<JobReport> = observed
         .iter()
         .zip(outcomes)
         .map(|(o, outcome)| {
             if dry_run {
                 info!("🧪 DRY RUN: job {} would be: {}", o.job.id, describe(&o.decision));
-            } else if caller != Caller::Poller {
-                services.metrics.recovery(outcome.as_str());
             }
             JobReport {
                 job_id: o.job.id.clone(),
@@ -216,7 +228,57 @@ pub async fn reconcile_many(services: &Services, jobs: Vec<UnfinishedJob>, calle
             }
         })
         .collect();
+    reports.extend(unasked);
+    if !dry_run && caller != Caller::Poller {
+        for r in &reports {
+            services.metrics.recovery(r.outcome.as_str());
+        }
+    }
     Reconciled { reports, claimed: claimed_jobs }
+}
+
+/// Claim polling of `jobs` for this process before anyone asks the VMA about them. Returns the
+/// jobs now ours, the reports of the others (held by another OMA's live poller, or all of them
+/// when the claim failed), and when the claim was sent.
+async fn claim_first(services: &Services, jobs: Vec<UnfinishedJob>) -> (Vec<UnfinishedJob>, Vec<JobReport>, Instant) {
+    let began = Instant::now();
+    if jobs.is_empty() {
+        return (jobs, Vec::new(), began);
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let claimed =
+        db::claim_polling_many(&services.pool, &ids, &services.instance_id, services.settings.lease_ttl()).await;
+    let (claimed, failure) = match claimed {
+        Ok(c) => (c, None),
+        Err(e) => {
+            warn!("⚠️ Failed to restart polling for {} jobs: {e} - the next health check tries again", ids.len());
+            (Default::default(), Some(e.to_string()))
+        }
+    };
+    let (mine, others): (Vec<UnfinishedJob>, Vec<UnfinishedJob>) =
+        jobs.into_iter().partition(|j| claimed.contains(&j.id));
+    let unasked = others
+        .into_iter()
+        .map(|job| {
+            let (decision, outcome) = match &failure {
+                None => {
+                    info!("Job {} is polled by another live OMA instance - leaving it to that poller", job.id);
+                    ("left to the OMA that polls it".to_string(), Outcome::OwnedElsewhere)
+                }
+                Some(e) => (format!("not asked: polling could not be claimed ({e})"), Outcome::Error),
+            };
+            JobReport {
+                job_id: job.id.clone(),
+                vm_name: job.source_vm_name.clone(),
+                status: job.status.as_str().to_string(),
+                progress_percent: job.progress_percent,
+                vma_status: "not_asked",
+                decision,
+                outcome,
+            }
+        })
+        .collect();
+    (mine, unasked, began)
 }
 
 #[tracing::instrument(skip_all, fields(job_id = %job.id))]
@@ -270,11 +332,12 @@ async fn timed<F: std::future::Future>(phase: F) -> (F::Output, std::time::Durat
     (done, t.elapsed())
 }
 
-/// Jobs that go on: claim polling (when asked), write progress and recovery metadata. Returns
-/// each job's outcome and the jobs claimed for this process.
+/// Jobs that go on: write progress and recovery metadata. `claimed`: they were all claimed for
+/// this process at that instant (the poller tracks them). Returns each job's outcome and the jobs
+/// to track.
 async fn apply_keeps(
     services: &Services,
-    claim: bool,
+    claimed: Option<Instant>,
     observed: &[Observed],
     keeps: &[usize],
     caller: Caller,
@@ -301,18 +364,6 @@ async fn apply_keeps(
             ),
         }
     }
-    let ids: Vec<String> = keeps.iter().map(|&i| observed[i].job.id.clone()).collect();
-    let claimed = if claim {
-        match db::claim_polling_many(&services.pool, &ids, &services.instance_id, services.settings.lease_ttl()).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                warn!("⚠️ Failed to restart polling for {} jobs: {e}", ids.len());
-                return (keeps.iter().map(|&i| (i, Outcome::Error)).collect(), Vec::new());
-            }
-        }
-    } else {
-        None
-    };
     let mut to_track = Vec::new();
     let mut writes = Vec::new();
     let mut marks = Vec::new();
@@ -320,13 +371,8 @@ async fn apply_keeps(
     for &i in keeps {
         let o = &observed[i];
         let Decision::Keep { reason, progress, progress_changed } = &o.decision else { continue };
-        let owned = claimed.as_ref().map(|c| c.contains(&o.job.id));
-        if owned == Some(false) {
-            info!("Job {} is polled by another live OMA instance - leaving it to that poller", o.job.id);
-            results.push((i, Outcome::OwnedElsewhere));
-            continue;
-        }
-        if owned == Some(true) {
+        let owned = claimed.is_some();
+        if let Some(claimed_at) = claimed {
             let mut tracked = o.job.clone();
             let now = services.clock.now();
             if let Some(p) = progress {
@@ -340,7 +386,7 @@ async fn apply_keeps(
             if tracked.started_polling_at.is_none() {
                 tracked.started_polling_at = Some(now);
             }
-            to_track.push(Claimed { job: tracked, via: o.via.clone() });
+            to_track.push(Claimed { job: tracked, via: o.via.clone(), claimed_at });
         }
         if let Some(p) = progress {
             writes.push(db::ProgressWrite {
@@ -349,13 +395,13 @@ async fn apply_keeps(
                 progress_changed: *progress_changed,
             });
         }
-        if let Some(mark) = recovery_mark(caller, &o.observation, owned == Some(true)) {
+        if let Some(mark) = recovery_mark(caller, &o.observation, owned) {
             marks.push((o.job.id.clone(), mark));
         }
         results.push((
             i,
             match (reason, owned) {
-                (KeepReason::Running, Some(true)) => Outcome::PollingRestarted,
+                (KeepReason::Running, true) => Outcome::PollingRestarted,
                 (KeepReason::Running, _) => Outcome::StillRunning,
                 (KeepReason::NotFoundWithinGrace, _) => Outcome::NotFoundWithinGrace,
                 (KeepReason::UnreachableRecent, _) => Outcome::UnreachableLeftForRetry,

@@ -82,7 +82,33 @@ pub struct MigrationStartResult {
     pub message: &'static str,
 }
 
+/// Most disks of one VM a request may name.
+pub const MAX_DISKS: usize = 64;
+
+/// Longest text each request field may hold, in characters: the column it is stored in (or, for
+/// the VM name, the volume name `<vm>-disk-<n>` built from it).
+pub const FIELD_LIMITS: [(&str, usize); 12] = [
+    ("source_vm.id", 255),
+    ("source_vm.name", 240),
+    ("source_vm.path", 500),
+    ("source_vm.datacenter", 255),
+    ("vcenter_host", 255),
+    ("datacenter", 255),
+    ("target_network", 255),
+    ("disks[].id", 191),
+    ("disks[].vmdk_path", 500),
+    ("disks[].label", 255),
+    ("disks[].datastore", 255),
+    ("disks[].provisioning_type", 50),
+];
+
+fn limit_of(field: &str) -> usize {
+    FIELD_LIMITS.iter().find(|(f, _)| *f == field).map(|(_, n)| *n).expect("a field with a limit")
+}
+
 impl CreateMigrationRequest {
+    /// Every field checked against what its column can hold before anything is written: a bad
+    /// request is a 400 naming the field and its limit, never a half-written job or a 500.
     pub fn validate(&self) -> Result<(), CreateError> {
         let missing: Vec<&str> = [
             ("source_vm.id", &self.source_vm.id),
@@ -96,15 +122,61 @@ impl CreateMigrationRequest {
         if !missing.is_empty() {
             return Err(CreateError::Invalid(format!("required fields missing: {}", missing.join(", "))));
         }
-        if self.ossea_config_id <= 0 {
-            return Err(CreateError::Invalid("ossea_config_id is required and must be a positive id".into()));
+        if self.ossea_config_id <= 0 || self.ossea_config_id > i32::MAX as i64 {
+            return Err(CreateError::Invalid(format!(
+                "ossea_config_id is required and must be a positive id up to {}",
+                i32::MAX
+            )));
         }
-        if self.source_vm.name.len() > 200 || self.source_vm.id.len() > 255 || self.source_vm.path.len() > 500 {
-            return Err(CreateError::Invalid("source_vm.id, name or path is too long".into()));
+        let vm = &self.source_vm;
+        let mut texts: Vec<(String, &str, usize)> = vec![
+            ("source_vm.id".into(), &vm.id, limit_of("source_vm.id")),
+            ("source_vm.name".into(), &vm.name, limit_of("source_vm.name")),
+            ("source_vm.path".into(), &vm.path, limit_of("source_vm.path")),
+            ("source_vm.datacenter".into(), &vm.datacenter, limit_of("source_vm.datacenter")),
+        ];
+        for (field, value) in [
+            ("vcenter_host", &self.vcenter_host),
+            ("datacenter", &self.datacenter),
+            ("target_network", &self.target_network),
+        ] {
+            if let Some(v) = value {
+                texts.push((field.into(), v, limit_of(field)));
+            }
         }
-        for (i, d) in self.source_vm.disks.iter().enumerate() {
+        if vm.disks.len() > MAX_DISKS {
+            return Err(CreateError::Invalid(format!(
+                "source_vm.disks: {} disks; at most {MAX_DISKS}",
+                vm.disks.len()
+            )));
+        }
+        let mut disk_ids = std::collections::HashSet::new();
+        for (i, d) in vm.disks.iter().enumerate() {
             if d.size_gb < 0 || d.capacity_bytes < 0 {
                 return Err(CreateError::Invalid(format!("source_vm.disks[{i}]: sizes must not be negative")));
+            }
+            if !d.id.is_empty() && !disk_ids.insert(d.id.as_str()) {
+                return Err(CreateError::Invalid(format!("source_vm.disks[{i}].id {:?} is given twice", d.id)));
+            }
+            for (name, value) in [
+                ("id", &d.id),
+                ("vmdk_path", &d.vmdk_path),
+                ("path", &d.path),
+                ("label", &d.label),
+                ("datastore", &d.datastore),
+                ("provisioning_type", &d.provisioning_type),
+            ] {
+                let limit = limit_of(&format!("disks[].{}", if name == "path" { "vmdk_path" } else { name }));
+                texts.push((format!("source_vm.disks[{i}].{name}"), value, limit));
+            }
+        }
+        for (field, value, limit) in texts {
+            let chars = value.chars().count();
+            if chars > limit {
+                return Err(CreateError::Invalid(format!("{field} is {chars} characters long; at most {limit}")));
+            }
+            if value.contains('\0') {
+                return Err(CreateError::Invalid(format!("{field} contains a NUL character")));
             }
         }
         Ok(())
@@ -137,10 +209,13 @@ pub async fn create_replication(
     };
 
     let mut tx = services.pool.begin().await?;
+    // Readable and unique: names that differ only in characters left out here ("app_1",
+    // "app.1", "日本語-VM", "中文-VM") must not map to one id.
     let candidate_ctx = format!(
-        "ctx-{}-{}",
+        "ctx-{}-{}-{:06x}",
         vm.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(30).collect::<String>(),
-        Utc::now().format("%Y%m%d-%H%M%S")
+        Utc::now().format("%Y%m%d-%H%M%S"),
+        rand::rng().random_range(0..0x100_0000)
     );
     sqlx::query(
         "INSERT INTO vm_replication_contexts (context_id, vm_name, vmware_vm_id, vm_path, vcenter_host, datacenter) \
@@ -281,6 +356,7 @@ pub async fn create_replication(
     .bind(JobStatus::Initializing.as_str())
     .execute(&services.pool)
     .await?;
+    let claimed_at = tokio::time::Instant::now();
     let claimed = db::claim_polling_many(
         &services.pool,
         std::slice::from_ref(&job_id),
@@ -293,7 +369,7 @@ pub async fn create_replication(
         db::attach_export_names(&services.pool, &mut jobs).await?;
         if let Some(job) = jobs.first() {
             // Nobody asked the VMA about it yet: poll at once.
-            poller.track(job, None, false);
+            poller.track(job, None, false, claimed_at);
         }
     }
     info!(job_id = %job_id, "🚀 Replication started on VMA - polling started");

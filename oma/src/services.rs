@@ -23,7 +23,7 @@ pub struct Services {
 
 impl Services {
     pub fn new(settings: Settings, pool: MySqlPool, instance_id: String) -> Services {
-        let vma = VmaClient::new(&settings.vma_api_url, settings.vma_timeout);
+        let vma = VmaClient::for_instance(&settings.vma_api_url, settings.vma_timeout, Some(&instance_id));
         Services {
             decision_config: DecisionConfig::from_settings(&settings),
             settings,

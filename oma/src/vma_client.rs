@@ -284,7 +284,18 @@ pub struct VmaClient {
 
 impl VmaClient {
     pub fn new(base_url: &str, timeout: Duration) -> VmaClient {
+        VmaClient::for_instance(base_url, timeout, None)
+    }
+
+    /// A client that names itself `oma/<version> (<instance id>)` in `User-Agent`, so the VMA's
+    /// logs (and sim-vma's journal) tell which OMA asked.
+    pub fn for_instance(base_url: &str, timeout: Duration, instance_id: Option<&str>) -> VmaClient {
+        let agent = match instance_id {
+            Some(id) => format!("oma/{} ({id})", env!("CARGO_PKG_VERSION")),
+            None => format!("oma/{}", env!("CARGO_PKG_VERSION")),
+        };
         let http = reqwest::Client::builder()
+            .user_agent(agent)
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))

@@ -432,6 +432,7 @@ async fn summed_poll_statistics_count_every_poll() {
     write_poll_stats(&mut conn, "oma-b", &[stats(&[Some("x")])]).await.unwrap();
     let after = polling_state(pool, "job-stats").await.unwrap().unwrap();
     assert_eq!((after.polls_total, after.last_error_message.as_deref()), (9, Some("g")));
+    drop(conn);
     lab.teardown().await;
 }
 
@@ -458,6 +459,7 @@ async fn a_lock_wait_timeout_is_a_lost_lock_race() {
         sqlx::query("UPDATE replication_jobs SET no_such_column = 1").execute(&mut *waiter).await.unwrap_err();
     assert!(!oma::db::lost_a_lock_race(&refused), "{refused:?}");
     holder.rollback().await.unwrap();
+    drop(waiter);
     lab.teardown().await;
 }
 

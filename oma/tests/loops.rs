@@ -34,9 +34,10 @@ async fn a_poller_tick_dispatches_due_jobs_once_and_then_is_idle() {
     let poller = Poller::new(services.clone());
     assert_eq!(poller.tick(), TickOutcome::Idle, "nothing tracked yet");
     let ids = vec!["job-tick".to_string()];
+    let claimed_at = tokio::time::Instant::now();
     oma::db::claim_polling_many(&fx.db.pool, &ids, &services.instance_id, services.settings.lease_ttl()).await.unwrap();
     let job = oma::db::load_unfinished(&fx.db.pool, Some("job-tick")).await.unwrap().remove(0);
-    poller.track(&job, None, false);
+    poller.track(&job, None, false, claimed_at);
     assert_eq!(poller.tick(), TickOutcome::Polled(1), "a job tracked without a recent answer is due at once");
     assert_eq!(poller.tick(), TickOutcome::Idle, "in flight or polled: not dispatched twice");
     let polled = oma_test_support::wait_until("the poll to finish", Duration::from_secs(5), || async {

@@ -234,3 +234,17 @@ async fn a_dead_vma_is_not_asked_once_per_name() {
     assert_eq!(unavailable_kind(&lookup.observation), UnavailableKind::ConnectionRefused);
     assert_eq!(lookup.attempts.len(), 1);
 }
+
+#[tokio::test]
+async fn the_client_names_its_oma_instance() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/progress/job-ua"))
+        .and(wiremock::matchers::header("user-agent", format!("oma/{} (host-a:8082)", env!("CARGO_PKG_VERSION"))))
+        .respond_with(ResponseTemplate::new(200).set_body_json(progress_json("job-ua", "in_progress", "Transfer", 5.0)))
+        .mount(&server)
+        .await;
+    let client = VmaClient::for_instance(&server.uri(), Duration::from_millis(500), Some("host-a:8082"));
+    let observed = client.get_progress("job-ua").await;
+    assert!(matches!(observed, Observation::Running(_)), "{observed:?}");
+}

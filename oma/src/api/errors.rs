@@ -119,6 +119,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON of an error, for answers written outside axum.
+    pub(super) fn body_text(error: &str, details: &str) -> String {
+        json!({"error": error, "details": details, "timestamp": Utc::now().to_rfc3339()}).to_string()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.error, "details": self.details, "timestamp": Utc::now().to_rfc3339()});
@@ -141,7 +148,10 @@ pub(super) async fn detached<T: Send + 'static>(
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if db::out_of_reach(&e) {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            // The pool waits OMA_API_DB_TIMEOUT for a connection: name the setting.
+            ApiError::database_unavailable("no database connection within OMA_API_DB_TIMEOUT".to_string())
+        } else if db::out_of_reach(&e) {
             ApiError::database_unavailable(e.to_string())
         } else {
             ApiError::internal("database error", e)

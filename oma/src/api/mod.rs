@@ -2,6 +2,7 @@
 //! its errors to [`ApiError`]s. 500s stay opaque; causes are logged once, in [`errors`].
 
 mod errors;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,9 +53,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/vma-polling/status", get(polling_status))
         .route("/api/v1/vma-polling/jobs/{job_id}", get(polling_job.layer(budget())).delete(stop_polling_job))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not found", "no such endpoint") })
+        .layer(from_fn_with_state(limits(&state.services.settings), serve::bounded_body))
         .layer(from_fn_with_state(state.services.clone(), explain_unavailable_database))
         .layer(from_fn(json_errors))
         .with_state(state)
+}
+
+/// The HTTP limits of the settings.
+pub fn limits(settings: &crate::config::Settings) -> serve::Limits {
+    serve::Limits {
+        max_connections: settings.http_max_connections,
+        header_timeout: settings.http_header_timeout,
+        body_timeout: settings.http_body_timeout,
+    }
 }
 
 async fn health(State(state): State<AppState>) -> Response {

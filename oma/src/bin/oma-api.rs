@@ -32,6 +32,7 @@ async fn main() {
         }
     };
     oma::telemetry::init(settings.log_format);
+    oma::startup::install_panic_hook();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => migrate(&settings).await,
         Command::Serve => match Application::build(settings).await {
@@ -47,7 +48,15 @@ async fn main() {
 }
 
 async fn migrate(settings: &oma::config::Settings) -> anyhow::Result<()> {
-    let pool = oma::db::connect(&settings.database_url, 2, settings.db_wait, "OMA_DB_WAIT").await.map_err(|e| {
+    let pool = oma::db::connect(
+        &settings.database_url,
+        2,
+        settings.db_wait,
+        "OMA_DB_WAIT",
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| {
         anyhow::anyhow!("cannot connect to the database at {}: {e}", oma::config::redact_url(&settings.database_url))
     })?;
     oma::db::migrate(&pool).await?;

@@ -24,8 +24,8 @@ pub use jobs::{
     JobCounts, JobRow, RecoveryMark, UnfinishedJob,
 };
 pub use polling::{
-    claim_polling_many, hand_over_leases, owned_active_jobs, polling_state, release_polling, renew_leases,
-    write_poll_stats, write_progress_batch, PollStats, PollingStateRow, ProgressWrite,
+    claim_polling_many, hand_over_leases, my_leases, polling_state, release_polling, renew_leases, write_poll_stats,
+    write_progress_batch, PollStats, PollingStateRow, ProgressWrite,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -58,12 +58,14 @@ pub fn out_of_reach(e: &sqlx::Error) -> bool {
 
 /// Connect, waiting up to `wait` for a database that does not accept connections yet (it may
 /// start after the OMA, e.g. after a reboot). Each failed attempt is logged with its reason;
-/// `wait_setting` names where `wait` comes from, for the message when it runs out.
+/// `wait_setting` names where `wait` comes from, for the message when it runs out. Later, a
+/// statement waits at most `acquire_timeout` for a connection (then fails as out of reach).
 pub async fn connect(
     url: &str,
     max_connections: u32,
     wait: Duration,
     wait_setting: &'static str,
+    acquire_timeout: Duration,
 ) -> Result<MySqlPool, ConnectError> {
     let refused = |e: sqlx::Error| ConnectError::Refused(e.to_string());
     let options: MySqlConnectOptions = url.parse().map_err(refused)?;
@@ -93,7 +95,7 @@ pub async fn connect(
     MySqlPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 // Read committed: finalization reads sibling jobs without gap locks.

@@ -162,11 +162,13 @@ pub async fn release_polling(pool: &MySqlPool, job_id: &str, owner: Option<&str>
     Ok(result.rows_affected() == 1)
 }
 
-/// Extend every lease of `owner` in one statement.
+/// Extend every lease `owner` still holds, in one statement. A lease that has expired is not
+/// extended: another OMA may have claimed it meanwhile, or may be about to; the owner claims it
+/// back like anyone else ([`claim_polling_many`]).
 pub async fn renew_leases(pool: &MySqlPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE vma_polling_state SET lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
-         WHERE owner_instance = ? AND is_active = 1",
+         WHERE owner_instance = ? AND is_active = 1 AND lease_expires_at > NOW(3)",
     )
     .bind(lease.as_micros() as i64)
     .bind(owner)
@@ -175,23 +177,32 @@ pub async fn renew_leases(pool: &MySqlPool, owner: &str, lease: Duration) -> Res
     .rows_affected())
 }
 
-/// End `owner`'s leases now, keeping its claims: the next start takes them back, any other OMA may
-/// take them at once (shutdown).
-pub async fn hand_over_leases(pool: &MySqlPool, owner: &str) -> Result<u64, sqlx::Error> {
-    renew_leases(pool, owner, Duration::ZERO).await
+/// End `owner`'s leases `after` from now, keeping its claims: the next start takes them back,
+/// another OMA may take them then (shutdown; `after` keeps its first poll apart from ours).
+pub async fn hand_over_leases(pool: &MySqlPool, owner: &str, after: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE vma_polling_state SET lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
+         WHERE owner_instance = ? AND is_active = 1",
+    )
+    .bind(after.as_micros() as i64)
+    .bind(owner)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
-/// Unfinished jobs `owner` holds an active claim on.
-pub async fn owned_active_jobs(pool: &MySqlPool, owner: &str) -> Result<HashSet<String>, sqlx::Error> {
-    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "SELECT p.job_id FROM vma_polling_state p JOIN replication_jobs j ON j.id = p.job_id \
+/// The unfinished jobs `owner` holds an active claim on, and whether each lease is still live.
+pub async fn my_leases(pool: &MySqlPool, owner: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT p.job_id, CAST(p.lease_expires_at > NOW(3) AS SIGNED) FROM vma_polling_state p \
+         JOIN replication_jobs j ON j.id = p.job_id \
          WHERE p.owner_instance = ? AND p.is_active = 1 AND j.status IN ({})",
         active_status_sql_list()
     )))
     .bind(owner)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? == 1))).collect()
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

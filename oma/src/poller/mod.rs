@@ -2,9 +2,10 @@
 //! request in flight per job, no cap on the number of jobs, missed ticks are not burst. Ownership
 //! lives in `vma_polling_state` (owner + lease) so a second OMA never polls the same job.
 
+mod streak_log;
 mod writes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use crate::decision::{decide, Decision, JobFacts, KeepReason};
 use crate::reconcile::{finalize, Caller, Outcome, Reconciled};
 use crate::services::Services;
 use crate::vma_client::{LookupKey, Observation};
+use streak_log::{Streak, StreakLog};
 use writes::{write_loop, WriteMsg};
 
 /// At shutdown, how long each last database write may take before it is given up: a stalled
@@ -36,6 +38,9 @@ struct Tracked {
     in_flight: bool,
     /// When the current or last poll was started; the next one is due an interval later.
     dispatched_at: Instant,
+    /// Until when this process may poll the job: the start of its last claim or renewal plus
+    /// `lease_use`, so it stops a margin before the lease can expire as others see it.
+    lease_until: Instant,
     next_due: Instant,
     consecutive_errors: u32,
     /// Polls in a row the VMA gave no usable answer to (logged when it starts and when it ends).
@@ -60,6 +65,10 @@ struct PollerState {
     tasks: TaskTracker,
     polls_total: AtomicU64,
     polls_ok: AtomicU64,
+    /// Limits the "polling error" / "works again" lines when many jobs flap at once.
+    streak_log: Mutex<StreakLog>,
+    /// Jobs not dispatched at the last tick because their lease could not be renewed in time.
+    paused: AtomicU64,
 }
 
 /// Cheap to clone; all clones share one set of tracked jobs.
@@ -95,6 +104,7 @@ impl Poller {
     pub fn new(services: Arc<Services>) -> Poller {
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = services.settings.poll_concurrency;
+        let interval = services.settings.poll_interval;
         Poller {
             inner: Arc::new(PollerState {
                 services,
@@ -107,13 +117,17 @@ impl Poller {
                 tasks: TaskTracker::new(),
                 polls_total: AtomicU64::new(0),
                 polls_ok: AtomicU64::new(0),
+                streak_log: Mutex::new(StreakLog::new(interval, Instant::now())),
+                paused: AtomicU64::new(0),
             }),
         }
     }
 
-    /// Start tracking a job this process has claimed. Idempotent. `just_observed`: the caller
-    /// asked the VMA a moment ago, so the first poll is one interval away; otherwise it is now.
-    pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>, just_observed: bool) {
+    /// Start tracking a job this process has claimed (the claim began at `claimed_at`).
+    /// Idempotent. `just_observed`: the caller asked the VMA a moment ago, so the first poll is one
+    /// interval away; otherwise it is now.
+    pub fn track(&self, job: &UnfinishedJob, preferred: Option<LookupKey>, just_observed: bool, claimed_at: Instant) {
+        let lease_until = claimed_at + self.inner.services.settings.lease_use();
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         // Jobs recovered together get their own phase within the interval, so thousands of them
@@ -130,6 +144,7 @@ impl Poller {
             preferred: None,
             in_flight: false,
             dispatched_at: now,
+            lease_until,
             next_due: first_due,
             consecutive_errors: 0,
             unavailable_streak: 0,
@@ -144,6 +159,7 @@ impl Poller {
         if preferred.is_some() {
             entry.preferred = preferred;
         }
+        entry.lease_until = entry.lease_until.max(lease_until);
         entry.generation = generation;
         self.inner.services.metrics.pollers_active.set(jobs.len() as i64);
         drop(jobs);
@@ -154,7 +170,7 @@ impl Poller {
     /// asked a moment ago, so each is next polled within an interval), forget the ones it ended.
     pub fn adopt(&self, reconciled: &Reconciled) {
         for claimed in &reconciled.claimed {
-            self.track(&claimed.job, claimed.via.clone(), true);
+            self.track(&claimed.job, claimed.via.clone(), true, claimed.claimed_at);
         }
         for report in reconciled.reports.iter().filter(|r| r.outcome.ends_job()) {
             self.untrack(&report.job_id);
@@ -201,10 +217,17 @@ impl Poller {
     pub fn tick(&self) -> TickOutcome {
         let now = Instant::now();
         let horizon = dispatch_horizon(now, self.inner.services.settings.poll_interval);
+        let mut paused = 0u64;
         let due: Vec<(String, JobFacts, Vec<String>, Option<LookupKey>)> = {
             let mut jobs = self.inner.jobs.lock().expect("poller lock");
             jobs.iter_mut()
                 .filter(|(_, t)| !t.in_flight && t.next_due <= horizon)
+                .filter(|(_, t)| {
+                    // No poll without a lease this process can prove it still holds.
+                    let held = t.lease_until > now;
+                    paused += u64::from(!held);
+                    held
+                })
                 .map(|(id, t)| {
                     t.in_flight = true;
                     t.dispatched_at = now;
@@ -212,6 +235,16 @@ impl Poller {
                 })
                 .collect()
         };
+        let paused_before = self.inner.paused.swap(paused, Ordering::Relaxed);
+        self.inner.services.metrics.polling_paused.set(paused as i64);
+        if paused > 0 && paused_before == 0 {
+            warn!(
+                "⏸️ Polling of {paused} jobs paused: their leases could not be renewed in time (the database is out \
+                 of reach?), and another OMA may take them over; it resumes as soon as a renewal succeeds"
+            );
+        } else if paused == 0 && paused_before > 0 {
+            info!("▶️ Polling resumed: leases renewed");
+        }
         if due.is_empty() {
             return TickOutcome::Idle;
         }
@@ -226,6 +259,9 @@ impl Poller {
     }
 
     async fn poll_one(&self, job_id: String, facts: JobFacts, names: Vec<String>, preferred: Option<LookupKey>) {
+        if crate::failpoint::active("poll-panic") {
+            panic!("failpoint poll-panic (job {job_id})");
+        }
         let services = &self.inner.services;
         let observation;
         let via;
@@ -260,7 +296,7 @@ impl Poller {
                     t.last_success_at = Some(now);
                     t.last_result = "running";
                 });
-                if failed_before > 0 {
+                if failed_before > 0 && self.admit_streak_line(Streak::Recovered) {
                     info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
                 }
                 if still_tracked {
@@ -295,7 +331,7 @@ impl Poller {
                 });
                 // Once per streak, where the original warned at every poll: the line says what the
                 // VMA answered, and that the job is not failed for it.
-                if first_failure {
+                if first_failure && self.admit_streak_line(Streak::Failing) {
                     warn!("⚠️ VMA polling error for job {job_id}: {error} - the job keeps its state; polling goes on with backoff");
                 }
                 let _ = self.inner.writes.send(WriteMsg::Polled { job_id: job_id.clone(), error: Some(error) });
@@ -318,6 +354,18 @@ impl Poller {
                     self.finish(&job_id, false);
                 }
             }
+        }
+    }
+
+    fn admit_streak_line(&self, streak: Streak) -> bool {
+        self.inner.streak_log.lock().expect("poller lock").admit(streak, Instant::now())
+    }
+
+    /// Write the summary of streak lines held back in the window that just ended, if any.
+    fn close_streak_window(&self) {
+        let summary = self.inner.streak_log.lock().expect("poller lock").close_window(Instant::now());
+        if let Some(summary) = summary {
+            warn!("{summary}");
         }
     }
 
@@ -346,18 +394,45 @@ impl Poller {
         });
     }
 
-    /// Renew our leases and drop jobs we no longer own (finished, released, or taken over).
+    /// Renew our leases, claim back the ones of ours that expired (unless another OMA holds them
+    /// now), and drop jobs we no longer own (finished, released, or taken over). A job's lease is
+    /// good for `lease_use` from the start of the renewal or claim that covered it.
     pub async fn maintain(&self) -> Result<(), sqlx::Error> {
         let services = &self.inner.services;
+        let (me, ttl) = (&services.instance_id, services.settings.lease_ttl());
         let generation_before = self.inner.generation.load(Ordering::Relaxed);
-        db::renew_leases(&services.pool, &services.instance_id, services.settings.lease_ttl()).await?;
-        let owned = db::owned_active_jobs(&services.pool, &services.instance_id).await?;
+        let renewal_began = Instant::now();
+        db::renew_leases(&services.pool, me, ttl).await?;
+        let leases = db::my_leases(&services.pool, me).await?;
+        let live: HashSet<&str> = leases.iter().filter(|(_, live)| *live).map(|(id, _)| id.as_str()).collect();
+        let lapsed: Vec<String> = {
+            let jobs = self.inner.jobs.lock().expect("poller lock");
+            leases.iter().filter(|(id, live)| !live && jobs.contains_key(id)).map(|(id, _)| id.clone()).collect()
+        };
+        let (reclaimed, reclaim_began) = if lapsed.is_empty() {
+            (HashSet::new(), renewal_began)
+        } else {
+            let began = Instant::now();
+            (db::claim_polling_many(&services.pool, &lapsed, me, ttl).await?, began)
+        };
+        let lease_use = services.settings.lease_use();
         let mut jobs = self.inner.jobs.lock().expect("poller lock");
-        let lost: Vec<String> = jobs
-            .iter()
-            .filter(|(id, t)| t.generation < generation_before && !owned.contains(*id) && !t.in_flight)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut lost = Vec::new();
+        for (id, t) in jobs.iter_mut() {
+            if t.generation >= generation_before {
+                continue; // tracked during this round: its own claim's time stands
+            }
+            if live.contains(id.as_str()) {
+                t.lease_until = t.lease_until.max(renewal_began + lease_use);
+            } else if reclaimed.contains(id) {
+                t.lease_until = t.lease_until.max(reclaim_began + lease_use);
+            } else if !t.in_flight {
+                lost.push(id.clone());
+            }
+        }
+        if !reclaimed.is_empty() {
+            info!("Leases of {} jobs had lapsed and were claimed back (no other OMA had taken them)", reclaimed.len());
+        }
         for id in lost {
             jobs.remove(&id);
             info!("Stopped polling job {id}: it is finished or no longer owned by this instance");
@@ -377,9 +452,18 @@ impl Poller {
         let maintenance = {
             let (poller, cancel) = (self.clone(), cancel.clone());
             tokio::spawn(async move {
+                // A renewal that has not answered within a lease is of no use any more: given up
+                // (its connection dropped), so a database that went silent mid-statement does
+                // not keep polling paused once it answers again.
+                let give_up = poller.inner.services.settings.lease_ttl();
                 every(Instant::now(), interval, &cancel, || async {
-                    if let Err(e) = poller.maintain().await {
-                        warn!("⚠️ VMA poller could not renew its leases: {e}");
+                    match tokio::time::timeout(give_up, poller.maintain()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!("⚠️ VMA poller could not renew its leases: {e}"),
+                        Err(_) => warn!(
+                            "⚠️ VMA poller could not renew its leases: the database did not answer within {}",
+                            humantime::format_duration(give_up)
+                        ),
                     }
                 })
                 .await
@@ -392,6 +476,7 @@ impl Poller {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = ticker.tick() => {
+                    self.close_streak_window();
                     self.tick();
                 }
                 _ = self.inner.wake.notified() => {

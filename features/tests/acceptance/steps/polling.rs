@@ -302,3 +302,88 @@ async fn no_longer_polled(world: &mut OmaWorld) {
     let polls = poll_times(world, from).await;
     assert!(polls.is_empty(), "the VMA was still asked about {} at {polls:?}", world.job());
 }
+
+/// Polls of the scenario's job (GET requests sim-vma saw), oldest first: start time, latency and
+/// the asking client (`oma/<version> (<instance id>)`).
+async fn polls_with_clients(world: &OmaWorld) -> Vec<(DateTime<Utc>, f64, String)> {
+    let journal = world.lab().control.journal(Some(&world.job()), 10_000).await.expect("journal");
+    let mut polls: Vec<(DateTime<Utc>, f64, String)> = journal["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["method"] == "GET")
+        .filter_map(|e| {
+            let at = DateTime::parse_from_rfc3339(e["at"].as_str()?).ok()?.with_timezone(&Utc);
+            Some((at, e["latency_ms"].as_f64().unwrap_or(0.0), e["client"].as_str().unwrap_or("").to_string()))
+        })
+        .collect();
+    polls.sort_by_key(|p| p.0);
+    polls
+}
+
+/// A second OMA on the same database, reaching it directly (not through the first OMA's gate),
+/// with its own instance id `oma-b`.
+#[when(regex = r"^a second OMA API starts with its own way to the database$")]
+async fn second_oma(world: &mut OmaWorld) {
+    let mut config = world.lab().oma_config();
+    config.instance_id = Some("oma-b".into());
+    let name = format!("{}-b", world.lab().name);
+    let oma = oma_acceptance::OmaProcess::start(&name, config).await.unwrap_or_else(|e| panic!("{e:#}"));
+    world.lab_mut().omas.push(oma);
+}
+
+#[then(regex = r"^the second OMA polls the job within (\d+) seconds$")]
+async fn second_oma_polls(world: &mut OmaWorld, secs: u64) {
+    world
+        .lab()
+        .wait_until("a poll of the job by oma-b", Duration::from_secs(secs), || async {
+            let polls = polls_with_clients(world).await;
+            let by_b = polls.iter().filter(|p| p.2.contains("(oma-b)")).count();
+            Ok(if by_b > 0 { Ok(()) } else { Err(format!("{} polls, none by oma-b", polls.len())) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The core promise, checked on every poll sim-vma saw: when the asking OMA changes, the new one's
+/// poll starts after the old one's last poll ended, and at least half an interval after it began.
+#[then(regex = r"^no two OMAs ever polled the job within half an interval of each other$")]
+async fn never_two_pollers(world: &mut OmaWorld) {
+    let half_ms = world.lab().omas[0].config.poll_interval.as_secs_f64() * 500.0;
+    let polls = polls_with_clients(world).await;
+    let clients: std::collections::BTreeSet<&str> = polls.iter().map(|p| p.2.as_str()).collect();
+    assert!(clients.len() >= 2, "the job was polled by {clients:?} only: nothing to compare");
+    for pair in polls.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.2 == b.2 {
+            continue;
+        }
+        let apart_ms = (b.0 - a.0).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        assert!(
+            apart_ms >= half_ms && apart_ms >= a.1,
+            "polled by {} at {} and by {} at {}: {apart_ms:.1} ms apart (the first took {:.1} ms; half an interval is {half_ms} ms)",
+            a.2,
+            a.0.format("%H:%M:%S%.3f"),
+            b.2,
+            b.0.format("%H:%M:%S%.3f"),
+            a.1
+        );
+    }
+}
+
+/// After the first OMA is back, only one OMA polls the job: in the last ten polls a single client.
+#[then(regex = r"^only the second OMA polls the job from now on$")]
+async fn only_second_polls(world: &mut OmaWorld) {
+    let since = Utc::now();
+    let recent = world
+        .lab()
+        .wait_until("ten polls from now on", WAIT, || async {
+            let polls: Vec<_> = polls_with_clients(world).await.into_iter().filter(|p| p.0 > since).collect();
+            Ok(if polls.len() >= 10 { Ok(polls) } else { Err(format!("{} polls", polls.len())) })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let others: Vec<_> = recent.iter().filter(|p| !p.2.contains("(oma-b)")).collect();
+    assert!(others.is_empty(), "polled by another OMA again: {others:?}");
+}
