@@ -33,9 +33,16 @@ impl Gate {
         self.port
     }
 
+    pub fn is_open(&self) -> bool {
+        self.forwarder.is_some()
+    }
+
     /// Start accepting on the gate's port; each connection is forwarded to the target until
-    /// either side closes it or the gate is dropped.
+    /// either side closes it or the gate is dropped. Opening an open gate does nothing.
     pub async fn open(&mut self) -> anyhow::Result<()> {
+        if self.forwarder.is_some() {
+            return Ok(());
+        }
         let listener = TcpListener::bind(("127.0.0.1", self.port))
             .await
             .with_context(|| format!("opening the gate on port {}", self.port))?;

@@ -2,6 +2,7 @@
 //! process ([`oma_process`]) and one scenario's world ([`lab`]): fresh database, embedded
 //! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
 
+pub mod chaos;
 pub mod gate;
 pub mod lab;
 pub mod local_lab;

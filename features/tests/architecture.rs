@@ -124,7 +124,7 @@ fn oma_modules_import_only_from_layers_below_them() {
             &["decision"],
             &["vma_client"],
             &["telemetry", "sanitize"],
-            &["config", "domain", "metrics"],
+            &["config", "domain", "metrics", "failpoint"],
         ],
     );
 }

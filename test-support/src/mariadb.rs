@@ -359,7 +359,19 @@ impl LocalMariadbd {
     }
 
     /// Initialize `root/data` (once) and start the server; wait until it accepts connections.
+    /// Commits are not flushed to disk one by one (fast, and enough while the server is only
+    /// ever stopped with the test process); see [`LocalMariadbd::start_durable`].
     pub async fn start(root: &Path, port: u16) -> anyhow::Result<LocalMariadbd> {
+        LocalMariadbd::start_with(root, port, false).await
+    }
+
+    /// Like [`LocalMariadbd::start`], with every commit on disk before it is acknowledged, as in
+    /// production: a server that is killed -9 loses no committed transaction.
+    pub async fn start_durable(root: &Path, port: u16) -> anyhow::Result<LocalMariadbd> {
+        LocalMariadbd::start_with(root, port, true).await
+    }
+
+    async fn start_with(root: &Path, port: u16, durable: bool) -> anyhow::Result<LocalMariadbd> {
         let mariadbd = find_binary(&["mariadbd", "mysqld"])
             .ok_or_else(|| anyhow!("mariadbd not found on PATH or in /usr/sbin"))?;
         let datadir = root.join("data");
@@ -400,8 +412,8 @@ impl LocalMariadbd {
             "--skip-name-resolve".to_string(),
             "--innodb-buffer-pool-size=128M".to_string(),
             "--innodb-log-file-size=48M".to_string(),
-            "--innodb-flush-log-at-trx-commit=0".to_string(),
-            "--innodb-doublewrite=0".to_string(),
+            format!("--innodb-flush-log-at-trx-commit={}", if durable { 1 } else { 0 }),
+            format!("--innodb-doublewrite={}", if durable { 1 } else { 0 }),
             "--max-connections=1000".to_string(),
             format!("--log-error={}", error_log.display()),
         ];

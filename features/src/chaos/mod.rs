@@ -1,0 +1,402 @@
+//! `oma-lab chaos`: seeded chaos runs that look for what no scripted scenario finds. Each run
+//! draws a schedule from its seed ([`schedule`]) — jobs with what the VMA will do with them,
+//! faults, restarts, kills, outages — plays it against real parts ([`world`]: the run's own
+//! MariaDB, sim-vma, one or two `oma-api` processes), watches it ([`observe`]) and judges it
+//! ([`oracle`]). A run that breaks an invariant is written to a file that `--replay` runs again
+//! exactly, and shrunk to the fewest events that still break it; reports go to `target/chaos/`
+//! ([`report`]). [`soak`] runs one long schedule and tracks the OMA's resources over time.
+
+pub mod observe;
+pub mod oracle;
+pub mod report;
+pub mod schedule;
+pub mod soak;
+pub mod world;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use oracle::{Checks, Evidence, FinalRow, Poll, Violation};
+use schedule::{Origin, Schedule, Shape};
+use world::{ChaosServer, Timing, World};
+
+/// Seeds the test command runs (each was seen to pass with the fixed code and to exercise a
+/// database kill or partition with two OMAs).
+pub const CI_SEEDS: [u64; 4] = [11, 23, 42, 77];
+
+/// How long after the last disturbance every job must have reached its outcome.
+const SETTLE: Duration = Duration::from_secs(15);
+/// How soon after a disturbance ends every active job must be polled again.
+const REPOLL_BOUND: Duration = Duration::from_secs(4);
+
+/// What one run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub seed: u64,
+    pub omas: usize,
+    pub jobs: usize,
+    pub events_by_kind: BTreeMap<&'static str, usize>,
+    pub checks: Checks,
+    pub violations: Vec<Violation>,
+    pub wall_ms: u128,
+    /// Where the run's files are (OMA logs, the schedule, the run's own report).
+    pub dir: PathBuf,
+    /// Last lines of each OMA log, journal excerpts and rows of the jobs a violation names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<String>,
+}
+
+impl RunReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Play `schedule` once and judge it.
+pub async fn run_once(schedule: &Schedule, server: &mut ChaosServer, dir: &Path) -> anyhow::Result<RunReport> {
+    Ok(run_sampled(schedule, server, dir, None).await?.0)
+}
+
+/// [`run_once`], sampling the OMAs' resources every `soak_every` if given.
+async fn run_sampled(
+    schedule: &Schedule,
+    server: &mut ChaosServer,
+    dir: &Path,
+    soak_every: Option<Duration>,
+) -> anyhow::Result<(RunReport, Vec<soak::SoakSample>)> {
+    let began = Instant::now();
+    let timing = Timing::default();
+    let mut schedule = schedule.clone();
+    if !server.can_kill() {
+        schedule.events.retain(|e| !matches!(e.event, schedule::Event::DbKill { .. }));
+        schedule.db_kills = false;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("schedule.toml"), schedule.to_toml())?;
+    let mut world = World::set_up(schedule.clone(), timing.clone(), server, dir).await?;
+    let observations = Arc::new(std::sync::Mutex::new(observe::Observations::default()));
+    let stop = CancellationToken::new();
+    let observer =
+        tokio::spawn(observe::observe(world.pool.clone(), world.omas.clone(), observations.clone(), stop.clone()));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sampler = soak_every.map(|every| {
+        tokio::spawn(soak::sample(world.pool.clone(), world.omas.clone(), every, samples.clone(), stop.clone()))
+    });
+
+    // The timeline: job creations and event beginnings at their times, endings when they are due.
+    let mut pending: Vec<(u64, Step)> = Vec::new();
+    for (i, job) in schedule.jobs.iter().enumerate() {
+        if job.origin == Origin::Api {
+            pending.push((job.at_ms, Step::Create(i)));
+        }
+    }
+    for e in &schedule.events {
+        pending.push((e.at_ms, Step::Begin(e.event.clone())));
+    }
+    let mut creating = Vec::new();
+    while !pending.is_empty() {
+        pending.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        let (at, step) = pending.pop().expect("not empty");
+        let now = world.now_ms();
+        if at > now {
+            tokio::time::sleep(Duration::from_millis(at - now)).await;
+        }
+        match step {
+            Step::Create(i) => creating.extend(world.create_job(i).await),
+            Step::Begin(event) => {
+                let lasts = event.lasts().as_millis() as u64;
+                if let Some(ending) = world.begin(&event, server).await {
+                    pending.push((world.now_ms() + lasts, Step::End(ending)));
+                }
+            }
+            Step::End(ending) => world.end(ending, server).await,
+        }
+    }
+    let events_over = world.now_ms().max(schedule.duration_ms);
+    if events_over > world.now_ms() {
+        tokio::time::sleep(Duration::from_millis(events_over - world.now_ms())).await;
+    }
+    for create in creating {
+        // An OMA cut off from its database answers within its database timeout.
+        let _ = tokio::time::timeout(Duration::from_secs(10), create).await;
+    }
+    world.heal(server).await;
+    let healed = Instant::now();
+    settle(&world).await;
+    // The last quiet window (from the heal) must be watched for the whole bound.
+    tokio::time::sleep(REPOLL_BOUND.saturating_sub(healed.elapsed())).await;
+    stop.cancel();
+    let _ = observer.await;
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
+
+    let rows = final_rows(&world).await?;
+    let polls: Vec<Poll> = world
+        .sim
+        .state
+        .journal_entries(None, usize::MAX)
+        .into_iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with("/api/v1/progress/"))
+        .filter_map(|e| {
+            Some(Poll {
+                job: e.job?,
+                at: e.at,
+                client: e.client.map(|c| c.to_string()),
+                latency: Duration::from_micros((e.latency_ms * 1000.0) as u64),
+            })
+        })
+        .collect();
+    let log_lines: Vec<String> = {
+        let omas = world.omas.lock().await;
+        let mut lines = Vec::new();
+        for i in 0..omas.len() {
+            // Every process of the slot, older generations included: their files stay in the run dir.
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("oma{i}-")) && name.ends_with(".log") {
+                    lines.extend(std::fs::read_to_string(entry.path()).unwrap_or_default().lines().map(str::to_string));
+                }
+            }
+        }
+        lines
+    };
+    let marks = world.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let observations = std::mem::take(&mut *observations.lock().unwrap_or_else(|p| p.into_inner()));
+    let jobs = world.job_records();
+    let (violations, checks) = oracle::check(&Evidence {
+        jobs: &jobs,
+        marks: &marks,
+        observations: &observations,
+        rows: &rows,
+        polls: &polls,
+        log_lines: &log_lines,
+        poll_interval: timing.poll_interval,
+        repoll_bound: REPOLL_BOUND,
+    });
+    let diagnostics = if violations.is_empty() {
+        Vec::new()
+    } else {
+        report::diagnostics(&world, &violations, &polls, &marks, &rows).await
+    };
+    let report = RunReport {
+        seed: schedule.seed,
+        omas: schedule.omas,
+        jobs: schedule.jobs.len(),
+        events_by_kind: schedule.events_by_kind(),
+        checks,
+        violations,
+        wall_ms: began.elapsed().as_millis(),
+        dir: dir.to_path_buf(),
+        diagnostics,
+    };
+    std::fs::write(dir.join("marks.json"), serde_json::to_string_pretty(&marks)?)?;
+    world.tear_down(server).await;
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((report, samples))
+}
+
+/// Soak: one long run at a low event rate, resources sampled; writes `soak.md` and `soak.json`.
+/// Returns whether the run passed and the OMA stayed stable.
+pub async fn soak(seed: u64, duration: Duration, out: &Path) -> anyhow::Result<bool> {
+    let mut server = ChaosServer::start().await?;
+    let shape = Shape { jobs: 30, duration, omas: Some(2), db_kills: true, event_rate: 0.1 };
+    let mut schedule = Schedule::generate(seed, &shape);
+    // Jobs run for the whole soak: their scripts end within it, spread over it.
+    for job in &mut schedule.jobs {
+        if job.origin == Origin::Api {
+            job.at_ms = job.at_ms.min(schedule.duration_ms.saturating_sub(1000));
+        }
+    }
+    let every = (duration / 40).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let dir = out.join(format!("soak-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "[chaos] soak: seed {seed}, {} of events, sampling every {}",
+        humantime::format_duration(duration),
+        humantime::format_duration(every)
+    );
+    let (report, samples) = run_sampled(&schedule, &mut server, &dir, Some(every)).await?;
+    let verdict = soak::verdict(&samples, Timing::default().poll_interval);
+    report::write_run(&dir, &schedule, &report)?;
+    report::write_soak(out, &report, &verdict, &samples)?;
+    println!(
+        "[chaos] soak {}: {} samples over {:.0} s; oma0 RSS {:.1} → {:.1} MiB, descriptors {:.0} → {:.0}, worst poll age {:.1} s, {} violation(s){}",
+        if verdict.stable && report.passed() { "stable" } else { "NOT stable" },
+        verdict.samples,
+        verdict.duration_s,
+        verdict.rss_first_quarter_mib,
+        verdict.rss_last_quarter_mib,
+        verdict.fds_first_quarter,
+        verdict.fds_last_quarter,
+        verdict.worst_poll_age_s,
+        report.violations.len(),
+        if verdict.why.is_empty() { String::new() } else { format!(": {}", verdict.why.join("; ")) }
+    );
+    if !report.passed() {
+        report::print_failure(&schedule, &report);
+    }
+    Ok(verdict.stable && report.passed())
+}
+
+enum Step {
+    Create(usize),
+    Begin(schedule::Event),
+    End(world::Ending),
+}
+
+/// Wait until every job that must end has ended (or [`SETTLE`] is over).
+async fn settle(world: &World) {
+    let restarts: Vec<_> = world
+        .marks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|m| m.what.starts_with("VMA restarted"))
+        .map(|m| m.at)
+        .collect();
+    let jobs = world.job_records();
+    let must_end: Vec<&str> = jobs
+        .iter()
+        .filter(|r| !oracle::allowed_outcomes(r, &restarts).iter().any(|o| o.status == "replicating"))
+        .filter_map(|r| r.id.as_deref())
+        .collect();
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        let sql =
+            format!("SELECT id FROM replication_jobs WHERE status IN ({})", oma::domain::active_status_sql_list());
+        let unfinished: Vec<String> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&world.pool).await.unwrap_or_default();
+        if !must_end.iter().any(|id| unfinished.iter().any(|u| u == id)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn final_rows(world: &World) -> anyhow::Result<HashMap<String, FinalRow>> {
+    let rows = sqlx::query(
+        "SELECT j.id, j.status, j.vma_error_classification, c.current_job_id FROM replication_jobs j \
+         LEFT JOIN vm_replication_contexts c ON c.context_id = j.vm_context_id",
+    )
+    .fetch_all(&world.pool)
+    .await?;
+    let mut out = HashMap::new();
+    for row in rows {
+        out.insert(
+            row.try_get::<String, _>(0)?,
+            FinalRow { status: row.try_get(1)?, class: row.try_get(2)?, context_current_job: row.try_get(3)? },
+        );
+    }
+    Ok(out)
+}
+
+/// Options of `oma-lab chaos`.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    pub seeds: Vec<u64>,
+    pub shape: Shape,
+    pub replay: Option<PathBuf>,
+    pub shrink: bool,
+    /// Where reports go (`target/chaos/` by default).
+    pub out: PathBuf,
+}
+
+/// Play every seed (or the replay file); shrink a failing schedule; write the reports. Returns
+/// whether every run passed.
+pub async fn run(options: &ChaosOptions) -> anyhow::Result<bool> {
+    let mut server = ChaosServer::start().await?;
+    std::fs::create_dir_all(&options.out)?;
+    let schedules: Vec<Schedule> = match &options.replay {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            vec![Schedule::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?]
+        }
+        None => options.seeds.iter().map(|seed| Schedule::generate(*seed, &options.shape)).collect(),
+    };
+    let mut reports = Vec::new();
+    let total = schedules.len();
+    for (n, schedule) in schedules.iter().enumerate() {
+        let dir = options.out.join(format!("seed-{}", schedule.seed));
+        let _ = std::fs::remove_dir_all(&dir);
+        let report = run_once(schedule, &mut server, &dir).await?;
+        println!(
+            "[chaos] run {}/{total} seed {}: {} in {:.1} s ({} OMA(s), {} jobs, events {:?})",
+            n + 1,
+            schedule.seed,
+            if report.passed() { "passed".to_string() } else { format!("{} violation(s)", report.violations.len()) },
+            report.wall_ms as f64 / 1000.0,
+            report.omas,
+            report.jobs,
+            report.events_by_kind
+        );
+        if !report.passed() {
+            report::print_failure(schedule, &report);
+            let replay = options.out.join(format!("failing-seed-{}.toml", schedule.seed));
+            std::fs::write(&replay, schedule.to_toml())?;
+            println!(
+                "[chaos] schedule written to {} (replay: oma-lab chaos --replay {})",
+                replay.display(),
+                replay.display()
+            );
+            if options.shrink {
+                let minimal = shrink(schedule, &report, &mut server, &options.out).await?;
+                let file = options.out.join(format!("minimal-seed-{}.toml", schedule.seed));
+                std::fs::write(&file, minimal.to_toml())?;
+                println!(
+                    "[chaos] shrunk to {} event(s), still breaking {}: {}\n{}",
+                    minimal.events.len(),
+                    report.violations[0].invariant,
+                    file.display(),
+                    minimal.to_toml()
+                );
+            }
+        }
+        report::write_run(&dir, schedule, &report)?;
+        reports.push(report);
+    }
+    let summary = report::write_summary(&options.out, &reports)?;
+    println!("[chaos] report: {}", summary.display());
+    Ok(reports.iter().all(RunReport::passed))
+}
+
+/// Drop events while the first violation's invariant still breaks: the schedule that is left is
+/// one where every event matters.
+async fn shrink(
+    schedule: &Schedule,
+    report: &RunReport,
+    server: &mut ChaosServer,
+    out: &Path,
+) -> anyhow::Result<Schedule> {
+    let invariant = report.violations[0].invariant;
+    let mut current = schedule.clone();
+    let mut i = 0;
+    while i < current.events.len() {
+        let mut candidate = current.clone();
+        candidate.events.remove(i);
+        let dir = out.join(format!("shrink-{}", schedule.seed));
+        let _ = std::fs::remove_dir_all(&dir);
+        let again = run_once(&candidate, server, &dir).await?;
+        let still = again.violations.iter().any(|v| v.invariant == invariant);
+        println!(
+            "[chaos] shrinking seed {}: without event {} of {} ({}): {}",
+            schedule.seed,
+            i + 1,
+            current.events.len(),
+            current.events[i].event.kind(),
+            if still { "still breaks it, dropped" } else { "passes, kept" }
+        );
+        if still {
+            current = candidate;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(current)
+}
