@@ -1,7 +1,8 @@
 //! The chaos runner's fixed seeds, in the test command: each run draws faults, restarts, kills
 //! and outages from its seed, plays them against real parts and must break no invariant. A
 //! failure prints the seed, the schedule (also written to `target/chaos-ci/failing-seed-*.toml`
-//! for `oma-lab chaos --replay`) and the evidence.
+//! for `oma-lab chaos --replay`) and the evidence. Then every schedule in
+//! `features/chaos/regressions/` is replayed.
 
 use std::path::Path;
 
@@ -21,4 +22,27 @@ async fn the_fixed_seeds_break_no_invariant() {
     let summary = std::fs::read_to_string(out.join("summary.md")).expect("a summary");
     assert!(passed, "a chaos run broke an invariant (see above):\n{summary}");
     assert!(summary.contains(&format!("{} of {} runs passed", CI_SEEDS.len(), CI_SEEDS.len())), "{summary}");
+    the_regression_schedules_break_no_invariant().await;
+}
+
+/// Every schedule that once broke an invariant (`features/chaos/regressions/`, each shrunk to a
+/// minimal one and explained in its header) is replayed exactly and must break none now. Run after
+/// the fixed seeds, in the same test: two chaos runs at once would share two cores.
+async fn the_regression_schedules_break_no_invariant() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("chaos/regressions");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("features/chaos/regressions")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no regression schedule in {}", dir.display());
+    for file in files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-ci/regressions").join(&name);
+        let options =
+            ChaosOptions { seeds: Vec::new(), shape: Shape::default(), replay: Some(file.clone()), shrink: false, out };
+        let passed = chaos::run(&options).await.expect("the replay ran");
+        assert!(passed, "{} broke an invariant again (see above)", file.display());
+    }
 }
