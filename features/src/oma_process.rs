@@ -394,6 +394,19 @@ impl OmaProcess {
         }
     }
 
+    /// Wait, without a signal, for the process to end by itself; returns its exit code (`None`
+    /// when a signal ended it). Fails if it still runs after `timeout`.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(child) = self.child.as_mut() else { bail!("{} is not running", self.name) };
+        let pid = child.id();
+        let status = tokio::time::timeout(timeout, child.wait())
+            .await
+            .map_err(|_| anyhow!("{} still runs after {timeout:?}. Log tail:\n{}", self.name, self.log.tail(20)))??;
+        self.child = None;
+        drop(ReleaseOnDrop(pid));
+        Ok(status.code())
+    }
+
     /// SIGTERM and wait for a clean exit; returns the exit code.
     pub async fn stop(&mut self) -> anyhow::Result<Option<i32>> {
         self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(20)).await

@@ -40,6 +40,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refused = 0u64;
+    let open = Arc::new(OpenConnections::default());
     loop {
         let (sock, _peer) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -71,15 +72,54 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, cancel: C
             .header_read_timeout(limits.header_timeout)
             .serve_connection(TokioIo::new(JsonErrorIo::new(sock)), service);
         let conn = graceful.watch(conn);
+        let open = open.clone();
+        open.opened();
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
+            open.closed();
         });
     }
     drop(listener);
     graceful.shutdown().await;
     info!("HTTP server stopped");
     Ok(())
+}
+
+/// Connections open now and their peak since memory was last given back. After a burst (say
+/// thousands of slow clients cut off at once) the allocator keeps the freed buffers in its arenas;
+/// when the open connections fall to a quarter of a peak of at least 256, they are given back to
+/// the system (`malloc_trim`), so the OMA's RSS returns to near where it was.
+#[derive(Default)]
+struct OpenConnections {
+    now: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl OpenConnections {
+    fn opened(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(now, Relaxed);
+    }
+
+    fn closed(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now.fetch_sub(1, Relaxed) - 1;
+        let peak = self.peak.load(Relaxed);
+        if peak >= 256 && now <= peak / 4 && self.peak.compare_exchange(peak, now, Relaxed, Relaxed).is_ok() {
+            tokio::task::spawn_blocking(give_back_freed_memory);
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of glibc's own heap; it touches no live block.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The answer to a connection over the limit: 503, JSON, closed.
