@@ -354,3 +354,61 @@ async fn slow_clients_are_cut_off_and_their_resources_come_back() {
     assert_healthy(&lab).await;
     lab.teardown().await;
 }
+
+/// With the VMA resetting half of all connections, 40 jobs flap between failing and working every
+/// few polls; the log keeps at most ten streak lines per window of ten intervals (1 s here) and
+/// counts the rest into one summary line per window.
+#[tokio::test]
+async fn a_flapping_vma_keeps_the_log_readable() {
+    const JOBS: usize = 40;
+    let mut lab = Lab::new("hostile-flapping").await.unwrap();
+    for n in 0..JOBS {
+        let id = format!("job-flap-{n:02}");
+        let names = lab.seed_job(&SeedJob::replicating(&id, 30.0, 0.2)).await.unwrap();
+        lab.vma_job(&id, &names, json!({"mode": "running", "start_percent": 30, "rate_per_poll": 0.01})).await.unwrap();
+    }
+    lab.start_oma().await.unwrap();
+    let faults = json!({"unreachable": {"mode": "reset", "probability": 0.5}});
+    lab.control.set_faults_json(&faults).await.unwrap();
+    // Flapping is what is measured: let it go on for a few windows, until summaries were written.
+    let summary = "VMA polling is flapping:";
+    lab.wait_until("three flapping summaries", Duration::from_secs(20), || async {
+        let n = lab.oma().log.count(summary);
+        Ok(if n >= 3 { Ok(()) } else { Err(format!("{n} summaries")) })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.oma().log.tail(30)));
+    lab.control.clear_faults().await.unwrap();
+
+    let streak_lines: Vec<String> = lab
+        .oma()
+        .log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("VMA polling error for job") || l.contains("VMA polling works again for job"))
+        .collect();
+    // Per wall-clock second (which may straddle two of the OMA's 1 s windows): at most 2 × 10.
+    let mut per_second = std::collections::BTreeMap::<String, usize>::new();
+    for l in &streak_lines {
+        *per_second.entry(l.chars().take(19).collect()).or_default() += 1;
+    }
+    let worst = per_second.values().max().copied().unwrap_or(0);
+    assert!(worst <= 20, "{worst} streak lines in one second: {per_second:?}");
+    assert!(streak_lines.len() >= 10, "the VMA really flapped: {} streak lines", streak_lines.len());
+    let held: usize = lab
+        .oma()
+        .log
+        .lines()
+        .iter()
+        .filter(|l| l.contains(summary))
+        .filter_map(|l| l.split("flapping: ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(held > 0, "the summaries count lines held back");
+    eprintln!(
+        "[flapping] {} streak lines written over {} seconds (at most {worst} in one); {held}+ held back into summaries",
+        streak_lines.len(),
+        per_second.len()
+    );
+    assert_healthy(&lab).await;
+    lab.teardown().await;
+}
