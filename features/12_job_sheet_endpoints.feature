@@ -151,6 +151,17 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the logs show "database unavailable"
     When I GET "/api/v1/job-recovery/status"
     Then the response status is 503
+    # Writes give up within the same bound as reads (they used to wait the pool's 10 s).
+    When I try to start a replication of a new VM
+    Then the response status is 503
+    And the response field "error" is "Database unavailable"
+    And the answer came within 3 seconds
+    When I POST "/api/v1/job-recovery/trigger"
+    Then the response status is 503
+    And the answer came within 3 seconds
+    When I DELETE "/api/v1/vma-polling/jobs/{job}"
+    Then the response status is 503
+    And the answer came within 3 seconds
     When the database comes back
     And I GET "/api/v1/replications/{job}"
     Then the response status is 200

@@ -408,6 +408,58 @@ async fn bad_control_input_is_a_400_naming_the_field() {
     assert_eq!(control.health().await.unwrap()["status"], "ok");
 }
 
+/// Hostile input to the control API: bodies that are not JSON, of the wrong types, huge; jobs that
+/// do not exist; idle and half-sent connections. Each gets a 4xx with a JSON error (never a 5xx
+/// or a hang) and the simulator keeps serving.
+#[tokio::test]
+async fn hostile_control_input_gets_a_4xx_and_the_simulator_keeps_serving() {
+    use tokio::io::AsyncWriteExt;
+    let (sim, control, _http) = sim(1).await;
+    let http = reqwest::Client::new();
+    let base = sim.control_url();
+    let bodies: [(&str, &str, String); 6] = [
+        ("PUT", "/sim/v1/jobs/x", "{\"mode\": ".into()),
+        ("PUT", "/sim/v1/jobs/x", "[1, 2]".into()),
+        ("PUT", "/sim/v1/jobs/x", "{\"mode\": 5, \"start_percent\": \"half\"}".into()),
+        ("PUT", "/sim/v1/faults", "{\"unreachable\": {\"mode\": \"reset\", \"probability\": \"often\"}}".into()),
+        ("PUT", "/sim/v1/jobs/x", format!("{{\"mode\": \"running\", \"pad\": \"{}\"}}", "a".repeat(10 * 1024 * 1024))),
+        ("POST", "/sim/v1/scenario", "\u{0}\u{1}not toml [[[".into()),
+    ];
+    for (method, path, body) in bodies {
+        let resp = http
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert!((400..500).contains(&status), "{method} {path} ({} bytes): {status} {text:.200}", body.len());
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text:.200}"));
+        assert!(v["error"].is_string(), "{v}");
+    }
+    for (method, path) in [("GET", "/sim/v1/jobs/no-such-job"), ("DELETE", "/sim/v1/jobs/no-such-job")] {
+        let resp = http.request(method.parse().unwrap(), format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+    }
+    // Idle and half-sent connections do not hold anyone else up.
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"PUT /sim/v1/jobs/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{").await.unwrap();
+        }
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(control.health().await.unwrap()["status"], "ok");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "health took {:?}", started.elapsed());
+    drop(slow);
+    assert_eq!(control.health().await.unwrap()["status"], "ok");
+}
+
 #[tokio::test]
 async fn the_same_seed_gives_the_same_faults_over_http() {
     async fn statuses(seed: u64) -> Vec<u16> {

@@ -17,9 +17,12 @@ fn create_request(world: &OmaWorld, vm: &str) -> reqwest::RequestBuilder {
 }
 
 pub async fn create_replication(world: &mut OmaWorld, vm: &str) -> (u16, Value) {
+    let sent = std::time::Instant::now();
     let resp = create_request(world, vm).send().await.expect("POST /api/v1/replications");
     let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    let body = resp.json().await.unwrap_or(Value::Null);
+    world.response_took = Some(sent.elapsed());
+    (status, body)
 }
 
 #[given(regex = r"^a replication job was started through the API$")]
