@@ -197,6 +197,25 @@ async fn extreme_settings_exit_2_naming_the_variable_and_its_range() {
         assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
         assert!(stderr.contains(variable) && stderr.contains("between"), "{variable}={value}: {stderr}");
     }
+    // job-recovery's flags: a bare number of minutes used to overflow (a panic, exit 101).
+    let job_recovery = bin.with_file_name("job-recovery");
+    let values: &[&str] = if job_recovery.exists() {
+        &["999999999999999999", "300000000000y", "-5", "soon"]
+    } else {
+        eprintln!("skipped: no job-recovery beside {}", bin.display());
+        &[]
+    };
+    for value in values {
+        let out = tokio::process::Command::new(&job_recovery)
+            .env("OMA_DATABASE_URL", &lab.db().url)
+            .args([format!("--max-age={value}"), "scan".to_string()])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--max-age={value}: {stderr}");
+        assert!(stderr.contains("--max-age"), "--max-age={value}: {stderr}");
+    }
     lab.teardown().await;
 }
 

@@ -48,12 +48,25 @@ pub enum Command {
     Status,
 }
 
+/// `--max-age`: a duration (`30m`, `45s`) or a bare number of minutes, within the range of
+/// `OMA_RECOVERY_MAX_AGE`.
 fn parse_max_age(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(minutes) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(minutes * 60));
+    let age = match s.parse::<u64>() {
+        Ok(minutes) => minutes.checked_mul(60).map(Duration::from_secs).ok_or_else(|| "too large".to_string())?,
+        Err(_) => {
+            humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30m, 45s, or a number of minutes)"))?
+        }
+    };
+    let (min, max) = crate::config::ranges::RECOVERY_MAX_AGE;
+    if age < min || age > max {
+        return Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30m, 45s, or a number of minutes)"))
+    Ok(age)
 }
 
 /// Rewrite the original Go flag spelling (`-action=scan -dry-run=true -max-age=30`) to ours.
@@ -284,6 +297,15 @@ mod tests {
         assert_eq!(a.command, Command::Recover { dry_run: true });
         let c = Cli::try_parse_from(norm(&["job-recovery", "scan", "-max-age=45"])).unwrap();
         assert_eq!(c.max_age, Duration::from_secs(45 * 60));
+        // Found by hand: a bare number of minutes overflowed (a panic); out-of-range ages are refused.
+        for bad in ["999999999999999999", "300000000000y", "0", "31days"] {
+            let e = Cli::try_parse_from(normalize_args(vec![
+                "job-recovery".into(),
+                format!("--max-age={bad}"),
+                "scan".into(),
+            ]));
+            assert!(e.is_err(), "{bad}");
+        }
     }
 
     #[test]
