@@ -162,11 +162,27 @@ async fn protocol_abuse_gets_json_errors_and_the_oma_stays_healthy() {
         assert!((400..500).contains(&status), "{what}: {status} {text}");
         assert_json_error(what, status, &text, status);
     }
-    for id in ["..%2F..%2Fetc%2Fpasswd", "%00", "'%20OR%201=1--", &"z".repeat(5000)] {
-        let resp = lab.http.get(format!("{}/api/v1/replications/{id}", lab.oma().url())).send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        assert!((400..500).contains(&status), "id {id:.40}: {status} {text}");
+    // Hostile ids on every route with a path parameter. The progress proxy asks the VMA, which
+    // knows none of them: 404 or 502, never a 500.
+    let ids = ["..%2F..%2Fetc%2Fpasswd", "%00", "'%20OR%201=1--", "%F0%9F%92%A3", &"z".repeat(5000)];
+    for id in ids {
+        for (method, path) in [
+            ("GET", format!("/api/v1/replications/{id}")),
+            ("GET", format!("/api/v1/progress/{id}")),
+            ("GET", format!("/api/v1/vm-contexts/{id}")),
+            ("GET", format!("/api/v1/vm-contexts/{id}/recent-jobs")),
+            ("GET", format!("/api/v1/vma-polling/jobs/{id}")),
+            ("DELETE", format!("/api/v1/vma-polling/jobs/{id}")),
+        ] {
+            let url = format!("{}{path}", lab.oma().url());
+            let resp = lab.http.request(method.parse().unwrap(), url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            assert!((400..500).contains(&status) || status == 502, "{method} {path:.60}: {status} {text:.200}");
+            if status != 502 {
+                assert_json_error(&format!("{method} {path:.60}"), status, &text, status);
+            }
+        }
     }
     assert_healthy(&lab).await;
     lab.teardown().await;
