@@ -5,6 +5,7 @@
 
 pub mod database;
 pub mod mariadb;
+pub mod owner;
 pub mod reaper;
 pub mod seed;
 pub mod wait;

@@ -23,6 +23,8 @@ use sqlx::mysql::MySqlConnectOptions;
 use sqlx::{Connection, MySqlConnection};
 use tokio::sync::OnceCell;
 
+use crate::owner::process_start;
+
 /// How long a shared server outlives its last user: long enough for `cargo test` to start the
 /// next test binary, short enough that a finished run leaves nothing behind for long.
 pub const IDLE_GRACE: Duration = Duration::from_secs(5);
@@ -59,7 +61,7 @@ async fn provision() -> anyhow::Result<Server> {
             .await
             .with_context(|| format!("OMA_TEST_DATABASE_URL={} is not reachable", without_password(&base)))?;
         eprintln!("[harness] MariaDB: existing server from OMA_TEST_DATABASE_URL ({})", without_password(&base));
-        crate::database::drop_abandoned_databases(&base).await;
+        crate::owner::drop_abandoned_databases(&base).await;
         return Ok(Server { base_url: base, provenance: Provenance::ExistingUrl });
     }
     let shared = SharedDir::new();
@@ -68,7 +70,7 @@ async fn provision() -> anyhow::Result<Server> {
         if check_connect(&server.base_url).await.is_ok() {
             shared.register_this_process()?;
             eprintln!("[harness] MariaDB: shared server at {} ({})", server.base_url, describe(&server.provenance));
-            crate::database::drop_abandoned_databases(&server.base_url).await;
+            crate::owner::drop_abandoned_databases(&server.base_url).await;
             return Ok(server);
         }
     }
@@ -136,23 +138,6 @@ pub(crate) async fn check_connect(base: &str) -> anyhow::Result<()> {
         .map_err(|_| anyhow!("connect timed out"))??;
     sqlx::query("SELECT 1").execute(&mut conn).await?;
     Ok(())
-}
-
-/// This process's start time in clock ticks since boot (`/proc/self/stat` field 22): with the pid,
-/// it names a process even after the pid is reused.
-pub(crate) fn process_start(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces and parentheses: state is field 3.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(19).map(str::to_string)
-}
-
-/// Whether the process `pid` that started at `start` is still alive (and not a zombie).
-pub(crate) fn process_alive(pid: u32, start: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some(close) = stat.rfind(')') else { return false };
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    fields.first() != Some(&"Z") && fields.get(19) == Some(&start)
 }
 
 /// The rendezvous of the test processes sharing one server.
@@ -490,14 +475,5 @@ mod tests {
     fn database_is_stripped_from_urls() {
         assert_eq!(strip_database("mysql://root@127.0.0.1:3306/migratekit_oma"), "mysql://root@127.0.0.1:3306");
         assert_eq!(strip_database("mysql://root@127.0.0.1:3306"), "mysql://root@127.0.0.1:3306");
-    }
-
-    #[test]
-    fn a_process_is_named_by_its_pid_and_start_time() {
-        let me = std::process::id();
-        let start = process_start(me).expect("this process");
-        assert!(process_alive(me, &start));
-        assert!(!process_alive(me, "1"), "the same pid with another start time is another process");
-        assert!(!process_alive(u32::MAX - 1, &start));
     }
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 
-use crate::mariadb::process_start;
+use crate::owner::process_start;
 
 static REGISTRY: OnceLock<Option<PathBuf>> = OnceLock::new();
 
