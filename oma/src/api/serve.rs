@@ -147,6 +147,13 @@ pub async fn bounded_body(
     let announced =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        // Answer before reading a byte, then read and drop what the client is still sending (up
+        // to a bound, within the body timeout): a client that writes its whole body before it
+        // reads would otherwise meet a reset connection instead of the 413.
+        let body = req.into_body();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limits.body_timeout, discard(body, LINGER_BYTES)).await;
+        });
         return too_large();
     }
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
@@ -172,6 +179,21 @@ pub async fn bounded_body(
                 .into_response()
         }
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+    }
+}
+
+/// How much of a refused body is read and dropped after the 413 before the connection closes.
+const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Read `body` and drop it, until it ends or `cap` bytes have gone by.
+async fn discard(body: axum::body::Body, cap: u64) {
+    let mut body = body.into_data_stream();
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = futures::StreamExt::next(&mut body).await {
+        seen += chunk.len() as u64;
+        if seen >= cap {
+            break;
+        }
     }
 }
 
