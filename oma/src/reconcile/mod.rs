@@ -7,120 +7,20 @@
 use tokio::time::Instant;
 
 use futures::StreamExt;
-use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::db::{self, Finalization, Finalized, RecoveryMark, UnfinishedJob};
+mod finalize;
+mod outcome;
+
+pub use finalize::finalize;
+pub use outcome::{describe, Caller, JobReport, Outcome};
+
+use crate::db::{self, Finalization, UnfinishedJob};
 use crate::decision::{decide, minutes_since, Decision, KeepReason};
-use crate::domain::{FailureClass, JobStatus, RecoveryMethod};
 use crate::services::Services;
 use crate::vma_client::{LookupKey, Observation};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Caller {
-    Poller,
-    StartupRecovery,
-    HealthMonitor,
-    Manual,
-}
-
-/// What reconciling one job did. Every outcome is counted in the recovery summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    PollingRestarted,
-    /// Running on the VMA, recorded, but no poller here (CLI): the OMA's health monitor attaches it.
-    StillRunning,
-    NotFoundWithinGrace,
-    UnreachableLeftForRetry,
-    Completed,
-    CompletedAssumed,
-    FailedOnVma,
-    Lost,
-    UnreachableTimedOut,
-    Stalled,
-    /// Another writer finalized the job first.
-    AlreadyFinal,
-    /// A live poller of another OMA process owns the job.
-    OwnedElsewhere,
-    /// Dry run: nothing written.
-    Planned,
-    Error,
-}
-
-impl Outcome {
-    /// The job is finished (here or by another writer): nobody polls it any more.
-    pub fn ends_job(self) -> bool {
-        matches!(
-            self,
-            Outcome::Completed
-                | Outcome::CompletedAssumed
-                | Outcome::FailedOnVma
-                | Outcome::Lost
-                | Outcome::UnreachableTimedOut
-                | Outcome::Stalled
-                | Outcome::AlreadyFinal
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::PollingRestarted => "polling_restarted",
-            Outcome::StillRunning => "still_running",
-            Outcome::NotFoundWithinGrace => "not_found_within_grace",
-            Outcome::UnreachableLeftForRetry => "unreachable_left_for_retry",
-            Outcome::Completed => "completed",
-            Outcome::CompletedAssumed => "completed_assumed",
-            Outcome::FailedOnVma => "failed_on_vma",
-            Outcome::Lost => "lost",
-            Outcome::UnreachableTimedOut => "unreachable_timed_out",
-            Outcome::Stalled => "stalled",
-            Outcome::AlreadyFinal => "already_final",
-            Outcome::OwnedElsewhere => "owned_elsewhere",
-            Outcome::Planned => "planned",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-/// A short description of a decision, for reports and dry runs.
-pub fn describe(decision: &Decision) -> String {
-    match decision {
-        Decision::Keep { reason: KeepReason::Running, .. } => "keep polling (running on VMA)".into(),
-        Decision::Keep { reason: KeepReason::NotFoundWithinGrace, .. } => {
-            "keep polling (not found, within grace)".into()
-        }
-        Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => {
-            "leave for retry (VMA unreachable, job recent)".into()
-        }
-        Decision::Complete { assumed: false, .. } => "mark completed".into(),
-        Decision::Complete { assumed: true, .. } => "mark completed (assumed: not found above threshold)".into(),
-        Decision::Fail { class, .. } => format!("mark failed ({})", class.as_str()),
-    }
-}
-
-/// The per-job line of a recovery report.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobReport {
-    pub job_id: String,
-    pub vm_name: String,
-    pub status: String,
-    pub progress_percent: f64,
-    pub vma_status: &'static str,
-    pub decision: String,
-    pub outcome: Outcome,
-}
-
-fn recovery_mark(caller: Caller, observation: &Observation, polling_restarted: bool) -> Option<RecoveryMark> {
-    let vma_validated = !matches!(observation, Observation::Unavailable { .. });
-    let method = match caller {
-        Caller::Poller => return None,
-        Caller::Manual => RecoveryMethod::Manual,
-        _ if vma_validated => RecoveryMethod::VmaValidated,
-        _ => RecoveryMethod::Timeout,
-    };
-    Some(RecoveryMark { method, vma_validated, polling_restarted })
-}
+use finalize::{plan_final, report_final};
+use outcome::recovery_mark;
 
 /// What the VMA said about one job, and the decision.
 struct Observed {
@@ -358,7 +258,7 @@ async fn apply_keeps(
                 info!("⏳ Job {} not found on VMA yet - within grace period, polling continues", o.job.id)
             }
             KeepReason::UnreachableRecent => warn!(
-                "⏳ Job {} - VMA unreachable but job is recent ({:.1} min) - leaving for retry",
+                "⏳ Job {} - VMA unreachable but job is recent - leaving for retry (last contact {:.1} min ago)",
                 o.job.id,
                 minutes_since(services.clock.now(), o.job.facts().last_contact())
             ),
@@ -421,6 +321,8 @@ async fn apply_keeps(
     for (i, outcome) in &results {
         if *outcome == Outcome::PollingRestarted {
             info!("🚀 Successfully restarted VMA progress polling for job {}", observed[*i].job.id);
+            // The job sheet's words for the same event (task 1.3.3, testing scenario 1).
+            info!(job_id = %observed[*i].job.id, "✅ Restarted VMA progress polling (Job still active on VMA)");
         }
     }
     (results, to_track)
@@ -451,111 +353,4 @@ async fn apply_finals(
             (i, report_final(services, caller, job_id, fin, outcome, result.map_err(|e| e.to_string())))
         })
         .collect()
-}
-
-/// Apply a final decision (complete or fail) for one job and log it in the guide's words.
-/// `Outcome::Error` when the database did not take it (the caller decides again later).
-pub async fn finalize(
-    services: &Services,
-    job_id: &str,
-    progress_percent: f64,
-    observation: &Observation,
-    decision: &Decision,
-    caller: Caller,
-) -> Outcome {
-    let (fin, outcome) = plan_final(services, job_id, progress_percent, observation, decision, caller);
-    let result = db::finalize_job(&services.pool, job_id, &fin).await.map_err(|e| e.to_string());
-    report_final(services, caller, job_id, &fin, outcome, result)
-}
-
-/// The finalization a final decision asks for, logged as the decision.
-fn plan_final(
-    services: &Services,
-    job_id: &str,
-    progress_percent: f64,
-    observation: &Observation,
-    decision: &Decision,
-    caller: Caller,
-) -> (Finalization, Outcome) {
-    let mark = recovery_mark(caller, observation, false);
-    let threshold = services.decision_config.not_found_complete_above;
-    match decision {
-        Decision::Complete { assumed: false, progress } => {
-            info!(
-                "✅ Job {} completed on VMA ({:.1}%) - finalizing",
-                job_id,
-                progress.as_ref().map(|p| p.percentage).unwrap_or(100.0)
-            );
-            (Finalization::completed(progress.clone(), mark), Outcome::Completed)
-        }
-        Decision::Complete { assumed: true, .. } => {
-            info!("✅ Job {job_id} not found on VMA but was >{threshold:.0}% complete - assuming completed");
-            (Finalization::completed(None, mark), Outcome::CompletedAssumed)
-        }
-        Decision::Fail { class, message, details } => {
-            let outcome = match class {
-                FailureClass::VmaReportedFailure => {
-                    warn!("❌ Job {job_id} failed on VMA - marking as failed with VMA error");
-                    Outcome::FailedOnVma
-                }
-                FailureClass::JobLost => {
-                    warn!(
-                        "❌ Job {job_id} not found on VMA and was <{threshold:.0}% complete - marking as lost (at {progress_percent:.1}%)"
-                    );
-                    Outcome::Lost
-                }
-                FailureClass::VmaUnreachableTimeout => {
-                    warn!("❌ Job {job_id} - VMA unreachable and job is old - marking as failed: {message}");
-                    Outcome::UnreachableTimedOut
-                }
-                FailureClass::VmaStalled => {
-                    warn!("❌ Job {job_id} stalled on VMA - marking as failed: {message}");
-                    Outcome::Stalled
-                }
-                FailureClass::ReplicateRejected => Outcome::FailedOnVma,
-            };
-            (Finalization::failed(JobStatus::Failed, *class, message.clone(), details.clone(), mark), outcome)
-        }
-        Decision::Keep { .. } => unreachable!("plan_final is only called with final decisions"),
-    }
-}
-
-/// Log and count what finalization did.
-fn report_final(
-    services: &Services,
-    caller: Caller,
-    job_id: &str,
-    fin: &Finalization,
-    outcome: Outcome,
-    result: Result<Finalized, String>,
-) -> Outcome {
-    match result {
-        Ok(Finalized::Done { context_id }) => {
-            services.metrics.finalized(fin.status.as_str());
-            if fin.status == JobStatus::Completed {
-                info!("✅ Job {job_id} marked as completed");
-            } else {
-                warn!("❌ Job {} marked as failed: {}", job_id, fin.error_message.as_deref().unwrap_or(""));
-            }
-            if let Some(ctx) = context_id {
-                info!("✅ Cleared current_job_id for VM context {ctx} - new operations now allowed");
-            }
-            outcome
-        }
-        Ok(Finalized::AlreadyFinal) => {
-            info!("Job {job_id} was already finalized by another writer - nothing to do");
-            Outcome::AlreadyFinal
-        }
-        // The poller keeps the job tracked: its next poll decides and writes again. Untracked, it
-        // would wait for the health monitor's next round (2 min by default) while the VMA has
-        // long finished it.
-        Err(e) if caller == Caller::Poller => {
-            warn!("❌ Failed to finalize job {job_id} as {}: {e} - polling continues and retries", fin.status.as_str());
-            Outcome::Error
-        }
-        Err(e) => {
-            warn!("❌ Failed to recover job {job_id}: {e}");
-            Outcome::Error
-        }
-    }
 }
