@@ -78,6 +78,8 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     Then the response field "polling.active_jobs" is 1
     When I GET "/metrics"
     Then the response status is 200
+    And the OMA's metrics show "oma_pollers_active 1"
+    And the OMA's metrics show "# TYPE oma_vma_polls counter"
 
   Scenario: Quick restart (under a minute) - jobs continue normally
     Given the OMA API is running
@@ -108,7 +110,7 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     Given a replicating job at 40% last updated 5 minutes ago
     And <fault>
     When the OMA API is started
-    Then the logs show "Job {job} - VMA unreachable but job is recent"
+    Then the logs show "Job {job} - VMA unreachable but job is recent - leaving for retry"
     And the job stays "replicating"
 
     Examples:

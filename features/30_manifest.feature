@@ -9,6 +9,7 @@ Feature: Release manifest v2.33.1 - VM freed on failure, sanitized errors, opera
     Then the job is "failed" with classification "vma_reported_failure"
     And the job has no recovery metadata
     And the OMA's metrics count no recoveries
+    And the OMA's metrics show "oma_job_finalizations_total{status="failed"} 1"
     And the VM context counts 0 successful and 1 failed job
     And the VM context is "failed"
     And the VM context allows new operations

@@ -65,6 +65,12 @@ impl Application {
         let addr = listener.local_addr()?;
         let instance_id = settings.instance_id.clone().unwrap_or_else(|| default_instance_id(addr));
         let services = Arc::new(Services::new(settings, pool, instance_id));
+        for outcome in crate::reconcile::Outcome::ALL {
+            services.metrics.declare_recovery(outcome.as_str());
+        }
+        for status in [crate::domain::JobStatus::Completed, crate::domain::JobStatus::Failed] {
+            services.metrics.declare_finalization(status.as_str());
+        }
         services.clock.sync_with_database(&services.pool).await?;
         let poller = Poller::new(services.clone());
         let health_monitor = HealthMonitor::new(services.clone(), poller.clone());
