@@ -21,6 +21,7 @@ Feature: Testing guide - Scenario 2: Job still running on VMA (CRITICAL TEST)
     And the logs show "Successfully restarted VMA progress polling for job {job}"
     And the recovery summary shows "Total processed: 1"
     And the recovery summary shows "Still running (polling restarted): 1"
+    And the logs do not show "VMA services not available"
     And the recovery metadata shows method "vma_validated"
     And the recovery metadata shows polling restarted
     And vma_last_poll_at updates every poll interval

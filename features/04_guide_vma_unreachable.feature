@@ -8,8 +8,8 @@ Feature: Testing guide - Scenario 4: VMA unreachable during recovery
     And the VMA is stopped
     When the OMA API is started
     Then the logs show "VMA unreachable for job {job}"
-    And the logs show "Job {job} - VMA unreachable but job is recent"
-    And the logs show "leaving for retry"
+    And the logs show "Job {job} - VMA unreachable but job is recent - leaving for retry"
+    And the logs show "VMA services not available - job recovery will be limited"
     And the job stays "replicating"
     And the logs do not show "Job {job} marked as failed"
 

@@ -52,6 +52,16 @@ Feature: Job sheet - VMA-validated recovery and active job detection (tasks 1.1 
       | attaching      | 4       |
 
   @regression
+  Scenario: Job sheet 2.2 - the grace period holds for an HTTP 200 "job not found" too
+    Given an initializing job at 0% last updated 4 minutes ago that was never polled
+    And the VMA answers HTTP 200 "job not found" for the job
+    When the OMA API is started
+    Then the logs show "not found on VMA (HTTP 200 'not found')"
+    And the logs show "Job {job} not found on VMA yet - within grace period"
+    And the job stays "initializing"
+    And the logs do not show "marked as lost"
+
+  @regression
   Scenario Outline: Defect 3 - a <status> job older than its grace that the VMA does not know is marked as lost
     Given a <status> job at 0% last updated <minutes> minutes ago that was never polled
     And the VMA does not know the job

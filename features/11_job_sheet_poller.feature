@@ -166,6 +166,19 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     Then the job is "completed"
     And the VM context allows new operations
 
+  Scenario: A polling claim the database refuses at startup is said so, and made once it accepts
+    Given a replicating job at 40% last updated 3 minutes ago
+    And the VMA is running the job at 40%
+    When the database refuses to record polling of the job
+    And the OMA API is started
+    Then the logs show "Failed to restart polling for 1 jobs"
+    And the recovery summary shows "Errors: 1"
+    And the job stays "replicating"
+    When the database records polling of the job again
+    Then the job is polled again within 5 seconds
+    And the job is polled by exactly one poller
+    And the job stays "replicating"
+
   Scenario Outline: A job <status> outside the OMA stops being polled
     Given the OMA API is running
     And a replication job was started through the API

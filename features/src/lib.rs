@@ -3,6 +3,7 @@
 //! sim-vma, OMA processes on free ports, seeded jobs, and waits that print what they saw.
 
 pub mod chaos;
+pub mod expected_lines;
 pub mod gate;
 pub mod lab;
 pub mod local_lab;

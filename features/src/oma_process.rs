@@ -245,6 +245,18 @@ impl LogBuffer {
     }
 }
 
+/// `needle` occurs in `line` with no digit glued to either end of it.
+pub fn contains_whole(line: &str, needle: &str) -> bool {
+    line.match_indices(needle).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + needle.len()..].chars().next();
+        let glued = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        let (figure_first, figure_last) =
+            (needle.starts_with(|c: char| c.is_ascii_digit()), needle.ends_with(|c: char| c.is_ascii_digit()));
+        (!figure_first || !glued(before)) && (!figure_last || !glued(after))
+    })
+}
+
 /// `target/acceptance/logs/`, where each OMA's log file is `<name>-<pid>-<n>.log` (`pid` of the
 /// test process). The first OMA of a test process removes the files of test processes that are
 /// gone, so the directory holds the logs of the latest runs only.
@@ -455,5 +467,18 @@ impl Drop for OmaProcess {
         if let Some(child) = &mut self.child {
             let _ = child.start_kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_figures_match_whole_numbers() {
+        assert!(contains_whole("  Total processed: 1", "Total processed: 1"));
+        assert!(contains_whole("Total processed: 1 (of 1)", "Total processed: 1"));
+        assert!(!contains_whole("  Total processed: 10", "Total processed: 1"));
+        assert!(!contains_whole("Failed: 21", "1"));
     }
 }

@@ -185,6 +185,11 @@ pub async fn scan(
         (false, None) => Apply::Record,
     };
     let reconciled = reconcile_many(services, todo, caller, apply).await;
+    let asked: Vec<_> = reconciled.reports.iter().filter(|r| r.vma_status != "not_asked").collect();
+    if !asked.is_empty() && asked.iter().all(|r| r.vma_status == "unreachable") {
+        // The guide's troubleshooting line: nothing could be validated against the VMA.
+        warn!("⚠️ VMA services not available - job recovery will be limited");
+    }
     if let Some(poller) = poller {
         poller.adopt(&reconciled);
     }

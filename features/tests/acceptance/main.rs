@@ -13,12 +13,15 @@ use std::time::Instant;
 
 use cucumber::writer::{self, Stats};
 use cucumber::{World, WriterExt};
+use oma_acceptance::expected_lines::ExpectedLines;
 use oma_acceptance::{Lab, OmaConfig};
 
 /// Evidence (job rows, key log lines) per scenario, for the sign-off report.
 pub static EVIDENCE: Mutex<BTreeMap<String, Vec<String>>> = Mutex::new(BTreeMap::new());
 /// Wall time per scenario.
 pub static DURATIONS: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+/// The seed documents' log lines, and which of them some scenario's OMA printed.
+pub static EXPECTED: Mutex<Option<ExpectedLines>> = Mutex::new(None);
 
 #[derive(World)]
 #[world(init = Self::new)]
@@ -197,6 +200,13 @@ async fn run() -> bool {
                     .expect("durations")
                     .insert(scenario.name.clone(), world.started.elapsed().as_secs_f64());
                 if let Some(lab) = world.lab.take() {
+                    {
+                        let mut expected = EXPECTED.lock().unwrap_or_else(|p| p.into_inner());
+                        let expected = expected.get_or_insert_with(ExpectedLines::shipped);
+                        for oma in &lab.omas {
+                            oma.log.lines().iter().for_each(|line| expected.feed(line));
+                        }
+                    }
                     lab.teardown().await;
                 }
             })
@@ -221,13 +231,23 @@ async fn run() -> bool {
         // The sign-off covers every guide case; a run of a few scenarios cannot sign anything off.
         println!("Filtered run: no QC sign-off report (it needs the whole suite)");
     } else {
-        match signoff::write(&out_dir, &evidence, &durations, wall) {
+        let expected = EXPECTED.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(ExpectedLines::shipped);
+        match signoff::write(&out_dir, &evidence, &durations, wall, &expected) {
             Ok(path) => println!("QC sign-off report: {}", path.display()),
             Err(e) => {
                 eprintln!("could not write the sign-off report: {e:#}");
                 return true;
             }
         }
+        let missing = expected.missing();
+        if !missing.is_empty() {
+            eprintln!("\nLog lines the seed documents expect that no scenario made the OMA print (features/expected-lines.toml):");
+            for line in &missing {
+                eprintln!("  {:?} ({})", line.text, line.seed);
+            }
+            return true;
+        }
+        println!("Every log line the seed documents expect was printed verbatim ({} lines)", expected.lines.len());
     }
     println!("Reports: {}/junit.xml, {}/cucumber.json", out_dir.display(), out_dir.display());
     failed

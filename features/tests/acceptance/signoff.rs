@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use oma_acceptance::expected_lines::ExpectedLines;
 use serde_json::Value;
 
 /// The nine cases of the testing guide, by tag.
@@ -53,6 +54,7 @@ pub fn write(
     evidence: &BTreeMap<String, Vec<String>>,
     durations: &BTreeMap<String, f64>,
     wall: Duration,
+    expected: &ExpectedLines,
 ) -> anyhow::Result<PathBuf> {
     let json_path = out_dir.join("cucumber.json");
     let text = std::fs::read_to_string(&json_path).with_context(|| format!("reading {}", json_path.display()))?;
@@ -169,6 +171,18 @@ pub fn write(
                 durations.get(&s.name).copied().unwrap_or(0.0)
             )?;
         }
+    }
+    writeln!(md, "\n## The seed documents' log lines\n")?;
+    writeln!(md, "Each line QC is told to look for, as the OMA printed it in some scenario of this run.\n")?;
+    writeln!(md, "| Result | Line | Seed |")?;
+    writeln!(md, "|---|---|---|")?;
+    for (line, state) in expected.states() {
+        let result = match (state, &line.not_verbatim) {
+            (Some(true), _) => "✅ printed".to_string(),
+            (Some(false), _) => "❌ NOT printed".to_string(),
+            (None, why) => format!("➖ not verbatim: {}", why.as_deref().unwrap_or("")),
+        };
+        writeln!(md, "| {result} | `{}` | {} |", line.text, line.seed)?;
     }
     let path = out_dir.join("signoff.md");
     std::fs::write(&path, md)?;

@@ -23,14 +23,35 @@ async fn database_accepts_again(world: &mut OmaWorld) {
     drop_trigger(world, "oma_test_reject_final").await;
 }
 
+/// The claim of the job's polling (the row of `vma_polling_state` a recovery inserts) fails with
+/// SQLSTATE 45000, as a full disk or a broken constraint would make it.
+#[when(regex = r"^the database refuses to record polling of the job$")]
+async fn database_refuses_claim(world: &mut OmaWorld) {
+    let refusal = "NEW.job_id = '{job}'";
+    refuse(world, CLAIM_TRIGGER, "INSERT", "vma_polling_state", refusal, "45000", "polling claim refused").await;
+}
+
+#[when(regex = r"^the database records polling of the job again$")]
+async fn database_records_claims_again(world: &mut OmaWorld) {
+    drop_trigger(world, CLAIM_TRIGGER).await;
+}
+
+const CLAIM_TRIGGER: &str = "oma_test_refuse_claim";
+
 /// A trigger named `name` makes MariaDB refuse, with `sqlstate`, every update of `table` for which
 /// `condition` holds (`{job}` in it is the scenario's job id).
 async fn refuse_updates(world: &OmaWorld, name: &str, table: &str, condition: &str, sqlstate: &str, what: &str) {
+    refuse(world, name, "UPDATE", table, condition, sqlstate, what).await;
+}
+
+/// A trigger named `name` refuses, with `sqlstate`, every `event` (INSERT or UPDATE) of `table`
+/// for which `condition` holds.
+async fn refuse(world: &OmaWorld, name: &str, event: &str, table: &str, condition: &str, sqlstate: &str, what: &str) {
     let id = world.job();
     assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)), "unexpected job id {id}");
     let condition = condition.replace("{job}", &id);
     let sql = format!(
-        "CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW IF {condition} THEN \
+        "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW IF {condition} THEN \
          SIGNAL SQLSTATE '{sqlstate}' SET MESSAGE_TEXT = 'injected by the test: {what}'; END IF"
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(world.lab().pool()).await.expect("create the trigger");

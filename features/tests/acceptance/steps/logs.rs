@@ -2,6 +2,8 @@
 
 use cucumber::then;
 
+use oma_acceptance::oma_process::contains_whole;
+
 use super::WAIT;
 use crate::OmaWorld;
 
@@ -76,12 +78,23 @@ async fn logs_do_not_show(world: &mut OmaWorld, text: String) {
     }
 }
 
+/// A summary figure, matched as a whole number: "Total processed: 1" is not "Total processed: 10".
 #[then(regex = r#"^the recovery summary shows "(.*)"$"#)]
 async fn summary_shows(world: &mut OmaWorld, text: String) {
     any_oma_logged(world, "Job recovery completed:").await.unwrap_or_else(|e| panic!("{e}"));
     let needle = world.expand(&text);
-    if let Err(e) = any_oma_logged(world, &needle).await {
-        panic!("{e}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let lines = world.lab().omas.iter().flat_map(|o| o.log.lines()).collect::<Vec<_>>();
+        if lines.iter().any(|l| contains_whole(l, &needle)) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let near: Vec<&String> =
+                lines.iter().filter(|l| l.contains(needle.trim_end_matches(char::is_numeric))).collect();
+            panic!("no OMA logged {needle:?} as a whole figure within {WAIT:?}; nearest lines: {near:#?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
 
