@@ -127,6 +127,42 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError
     MIGRATOR.run(pool).await
 }
 
+/// Versions of the embedded migrations, oldest first (each has an up and a down script).
+pub fn migration_versions() -> Vec<i64> {
+    MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).map(|m| m.version).collect()
+}
+
+/// Versions applied to the database, oldest first (none when it was never migrated).
+pub async fn applied_migrations(pool: &MySqlPool) -> Result<Vec<i64>, sqlx::Error> {
+    let exists: Option<String> = sqlx::query_scalar(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1 ORDER BY version").fetch_all(pool).await
+}
+
+/// Run the down scripts of every applied migration newer than `to` (newest first). `to` must be
+/// 0 (revert everything) or an embedded migration's version. Returns the versions reverted.
+pub async fn revert(pool: &MySqlPool, to: i64) -> anyhow::Result<Vec<i64>> {
+    let known = migration_versions();
+    if to != 0 && !known.contains(&to) {
+        anyhow::bail!(
+            "--to {to}: not a migration of this build (known: 0 for none, or {})",
+            known.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let applied = applied_migrations(pool).await?;
+    if let Some(unknown) = applied.iter().find(|v| !known.contains(v)) {
+        anyhow::bail!("the database has migration {unknown}, which this build does not know: revert it with the build that applied it");
+    }
+    MIGRATOR.undo(pool, to).await?;
+    Ok(applied.into_iter().filter(|v| *v > to).rev().collect())
+}
+
 pub async fn db_now(pool: &MySqlPool) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar("SELECT NOW(3)").fetch_one(pool).await
 }
