@@ -166,15 +166,22 @@ pub async fn release_polling(pool: &MySqlPool, job_id: &str, owner: Option<&str>
 /// extended: another OMA may have claimed it meanwhile, or may be about to; the owner claims it
 /// back like anyone else ([`claim_polling_many`]).
 pub async fn renew_leases(pool: &MySqlPool, owner: &str, lease: Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE vma_polling_state SET lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
-         WHERE owner_instance = ? AND is_active = 1 AND lease_expires_at > NOW(3)",
-    )
-    .bind(lease.as_micros() as i64)
-    .bind(owner)
-    .execute(pool)
-    .await?
-    .rows_affected())
+    // The renewal touches every row this OMA owns while finalizations release some of them: it
+    // can lose a lock race (a deadlock, seen in the suite's sign-off log), and is safe to run
+    // again. The caller's lease clock started before the first attempt, so a retry only makes
+    // its view of the lease more careful.
+    retrying_lock_races(|| async {
+        Ok(sqlx::query(
+            "UPDATE vma_polling_state SET lease_expires_at = NOW(3) + INTERVAL ? MICROSECOND \
+             WHERE owner_instance = ? AND is_active = 1 AND lease_expires_at > NOW(3)",
+        )
+        .bind(lease.as_micros() as i64)
+        .bind(owner)
+        .execute(pool)
+        .await?
+        .rows_affected())
+    })
+    .await
 }
 
 /// End `owner`'s leases `after` from now, keeping its claims: the next start takes them back,
