@@ -1,6 +1,7 @@
 //! The OMA under test as a real operating-system process: start, stop (SIGTERM), kill
 //! (SIGKILL), captured logs. `OMA_UNDER_TEST="cmd …"` runs another OMA with the same
 //! environment-variable configuration; the default is this workspace's `oma-api`.
+//! `OMA_PREVIOUS_BUILD` is the build a rollback goes back to (default: the one under test).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -280,10 +281,40 @@ fn log_path(name: &str) -> PathBuf {
     dir.join(format!("{}-{}-{n}.log", name.replace(['/', ' '], "_"), std::process::id()))
 }
 
+/// Which build a start runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `OMA_UNDER_TEST`, or this workspace's `oma-api`.
+    UnderTest,
+    /// `OMA_PREVIOUS_BUILD` (a command, like `OMA_UNDER_TEST`: QC points it at the last
+    /// release's binary), or the build under test when it is not set.
+    Previous,
+}
+
+impl Build {
+    fn variable(self) -> &'static str {
+        match self {
+            Build::UnderTest => "OMA_UNDER_TEST",
+            Build::Previous => "OMA_PREVIOUS_BUILD",
+        }
+    }
+
+    /// The command this build runs (`None`: this workspace's `oma-api`).
+    pub fn command(self) -> Option<String> {
+        let own = |var: &str| std::env::var(var).ok().filter(|c| !c.trim().is_empty());
+        match self {
+            Build::UnderTest => own(Build::UnderTest.variable()),
+            Build::Previous => own(Build::Previous.variable()).or_else(|| own(Build::UnderTest.variable())),
+        }
+    }
+}
+
 pub struct OmaProcess {
     pub name: String,
     pub config: OmaConfig,
     pub port: u16,
+    /// What the next start runs.
+    pub build: Build,
     child: Option<Child>,
     pub log: LogBuffer,
     pub log_path: PathBuf,
@@ -311,7 +342,17 @@ impl OmaProcess {
     /// started yet ([`OmaProcess::start_again`] starts it).
     pub fn new(name: &str, config: OmaConfig, port: u16, log_path: PathBuf) -> anyhow::Result<OmaProcess> {
         let log = LogBuffer::create(log_path.clone()).with_context(|| format!("creating {}", log_path.display()))?;
-        Ok(OmaProcess { name: name.to_string(), config, port, child: None, log, log_path, starts: 0, last_start: None })
+        Ok(OmaProcess {
+            name: name.to_string(),
+            config,
+            port,
+            build: Build::UnderTest,
+            child: None,
+            log,
+            log_path,
+            starts: 0,
+            last_start: None,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -334,16 +375,20 @@ impl OmaProcess {
         if self.is_running() {
             bail!("{} is already running", self.name);
         }
-        let mut cmd = match std::env::var("OMA_UNDER_TEST") {
-            Ok(under_test) if !under_test.trim().is_empty() => {
+        let mut cmd = match self.build.command() {
+            Some(command) => {
                 let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("exec {under_test}"));
+                c.arg("-c").arg(format!("exec {command}"));
                 c
             }
-            _ => Command::new(oma_api_binary().await?),
+            None => Command::new(oma_api_binary().await?),
         };
         self.starts += 1;
-        self.log.note(&format!("===== {} start #{} (port {}) =====", self.name, self.starts, self.port))?;
+        let build = match self.build {
+            Build::UnderTest => String::new(),
+            Build::Previous => format!(", {}", self.build.variable()),
+        };
+        self.log.note(&format!("===== {} start #{} (port {}{build}) =====", self.name, self.starts, self.port))?;
         let out = std::fs::OpenOptions::new().append(true).open(&self.log_path)?;
         cmd.envs(self.config.env(self.port))
             .stdin(Stdio::null())

@@ -22,6 +22,10 @@ pub static EVIDENCE: Mutex<BTreeMap<String, Vec<String>>> = Mutex::new(BTreeMap:
 pub static DURATIONS: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
 /// The seed documents' log lines, and which of them some scenario's OMA printed.
 pub static EXPECTED: Mutex<Option<ExpectedLines>> = Mutex::new(None);
+/// WARN and ERROR lines of the OMAs, by scenario, with whether the scenario expected them.
+pub static WARNINGS: Mutex<Vec<signoff::Warning>> = Mutex::new(Vec::new());
+/// The guide's performance baseline, sampled at the end of every scenario whose OMA runs.
+pub static BASELINE: Mutex<signoff::Baseline> = Mutex::new(signoff::Baseline::new());
 
 #[derive(World)]
 #[world(init = Self::new)]
@@ -48,6 +52,9 @@ pub struct OmaWorld {
     /// When the database began refusing the job's poll statistics, and for how long it did.
     pub refused_since: Option<Instant>,
     pub refused_for: Option<std::time::Duration>,
+    /// Figures a scenario measured (a rollback's time), for the sign-off report.
+    pub notes: Vec<String>,
+    pub rollback_took: Option<std::time::Duration>,
 }
 
 impl fmt::Debug for OmaWorld {
@@ -75,6 +82,8 @@ impl OmaWorld {
             db_gate: None,
             refused_since: None,
             refused_for: None,
+            notes: Vec::new(),
+            rollback_took: None,
         }
     }
 
@@ -106,7 +115,7 @@ impl OmaWorld {
     }
 
     async fn collect_evidence(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.notes.clone();
         let Some(lab) = &self.lab else { return out };
         for (alias, id) in &self.jobs {
             if let Ok(row) = lab.job(id).await {
@@ -199,7 +208,19 @@ async fn run() -> bool {
                     .lock()
                     .expect("durations")
                     .insert(scenario.name.clone(), world.started.elapsed().as_secs_f64());
-                if let Some(lab) = world.lab.take() {
+                if let Some(mut lab) = world.lab.take() {
+                    let sample = signoff::sample_baseline(&mut lab).await;
+                    BASELINE.lock().unwrap_or_else(|p| p.into_inner()).add(sample);
+                    let checked = signoff::checked_log_texts(scenario, |t| world.expand(t));
+                    {
+                        let mut warnings = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+                        for oma in &lab.omas {
+                            for line in oma.log.lines().into_iter().filter(|l| signoff::is_warning(l)) {
+                                let expected = checked.iter().any(|c| line.contains(c.as_str()));
+                                warnings.push(signoff::Warning { scenario: scenario.name.clone(), line, expected });
+                            }
+                        }
+                    }
                     {
                         let mut expected = EXPECTED.lock().unwrap_or_else(|p| p.into_inner());
                         let expected = expected.get_or_insert_with(ExpectedLines::shipped);
@@ -232,7 +253,15 @@ async fn run() -> bool {
         println!("Filtered run: no QC sign-off report (it needs the whole suite)");
     } else {
         let expected = EXPECTED.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_else(ExpectedLines::shipped);
-        match signoff::write(&out_dir, &evidence, &durations, wall, &expected) {
+        let run = signoff::RunFacts {
+            evidence: &evidence,
+            durations: &durations,
+            wall,
+            expected: &expected,
+            warnings: &WARNINGS.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            baseline: &BASELINE.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        };
+        match signoff::write(&out_dir, &run) {
             Ok(path) => println!("QC sign-off report: {}", path.display()),
             Err(e) => {
                 eprintln!("could not write the sign-off report: {e:#}");

@@ -122,6 +122,37 @@ async fn oma_stopped(world: &mut OmaWorld) {
     assert_eq!(code, Some(0), "oma-api must exit cleanly on SIGTERM");
 }
 
+/// The guide's ROLLBACK PROCEDURE: stop the service, point it at the previous build, start it.
+/// The previous build is `OMA_PREVIOUS_BUILD` (the build under test when unset); timed from the
+/// stop to the previous build answering `/health`.
+#[when(regex = r"^the OMA is rolled back to the previous build$")]
+async fn rolled_back(world: &mut OmaWorld) {
+    let began = std::time::Instant::now();
+    oma_stopped(world).await;
+    world.lab_mut().oma_mut().build = oma_acceptance::oma_process::Build::Previous;
+    start_oma(world).await;
+    let took = began.elapsed();
+    let previous = oma_acceptance::oma_process::Build::Previous
+        .command()
+        .unwrap_or_else(|| "the build under test (OMA_PREVIOUS_BUILD unset)".into());
+    world.notes.push(format!("rollback to {previous}: {:.1} s from stop to ready", took.as_secs_f64()));
+    world.rollback_took = Some(took);
+}
+
+#[when(regex = r"^the build under test is deployed again$")]
+async fn rolled_forward(world: &mut OmaWorld) {
+    oma_stopped(world).await;
+    world.lab_mut().oma_mut().build = oma_acceptance::oma_process::Build::UnderTest;
+    start_oma(world).await;
+}
+
+/// The guide: "Rollback Time: < 2 minutes".
+#[then(regex = r"^the rollback took under (\d+) seconds$")]
+async fn rollback_within(world: &mut OmaWorld, secs: u64) {
+    let took = world.rollback_took.expect("a rollback was made");
+    assert!(took < Duration::from_secs(secs), "the rollback took {took:?}");
+}
+
 #[when(regex = r"^the OMA API is killed$")]
 async fn oma_killed(world: &mut OmaWorld) {
     if let Some(id) = world.jobs.get("").cloned() {
