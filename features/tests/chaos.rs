@@ -17,6 +17,8 @@ async fn the_fixed_seeds_break_no_invariant() {
         replay: None,
         shrink: false,
         out: out.clone(),
+        // One at a time: the test binaries of `cargo test` share the two cores.
+        parallel: 1,
     };
     let passed = chaos::run(&options).await.expect("the chaos runs ran");
     let summary = std::fs::read_to_string(out.join("summary.md")).expect("a summary");
@@ -40,8 +42,14 @@ async fn the_regression_schedules_break_no_invariant() {
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-ci/regressions").join(&name);
-        let options =
-            ChaosOptions { seeds: Vec::new(), shape: Shape::default(), replay: Some(file.clone()), shrink: false, out };
+        let options = ChaosOptions {
+            seeds: Vec::new(),
+            shape: Shape::default(),
+            replay: Some(file.clone()),
+            shrink: false,
+            out,
+            parallel: 1,
+        };
         let passed = chaos::run(&options).await.expect("the replay ran");
         assert!(passed, "{} broke an invariant again (see above)", file.display());
     }

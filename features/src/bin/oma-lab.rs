@@ -87,6 +87,9 @@ enum Command {
         /// Where reports go
         #[arg(long, default_value = "target/chaos")]
         out: PathBuf,
+        /// Runs at a time, each with its own MariaDB server (runs mostly wait: 2 fit on 2 cores)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+        parallel: u64,
     },
 }
 
@@ -123,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Restart { what: Target::Oma } => local_lab::act_on_oma("restart").await.map(|()| 0),
         Command::Kill { what: Target::Oma } => local_lab::act_on_oma("kill").await.map(|()| 0),
         Command::Status => local_lab::print_status().await.map(|()| 0),
-        Command::Chaos { seed, runs, jobs, duration, omas, event_rate, replay, no_shrink, soak, out } => {
+        Command::Chaos { seed, runs, jobs, duration, omas, event_rate, replay, no_shrink, soak, out, parallel } => {
             if !(0.0..=20.0).contains(&event_rate) || event_rate.is_nan() {
                 anyhow::bail!("--event-rate {event_rate}: must be between 0 and 20 events a second");
             }
@@ -152,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 replay,
                 shrink: !no_shrink,
                 out,
+                parallel: parallel as usize,
             };
             let passed = oma_acceptance::chaos::run(&options).await?;
             Ok(if passed { 0 } else { 1 })

@@ -26,8 +26,8 @@ use oracle::{Checks, Evidence, FinalRow, Poll, Violation};
 use schedule::{Origin, Schedule, Shape};
 use world::{ChaosServer, Timing, World};
 
-/// Seeds the test command runs (each was seen to pass with the fixed code and to exercise a
-/// database kill or partition with two OMAs).
+/// Seeds the test command runs: each was seen to pass with the fixed code and to kill or cut
+/// off the database (11, 23 and 42 with two OMAs).
 pub const CI_SEEDS: [u64; 4] = [11, 23, 42, 77];
 
 /// How long after the last disturbance every job must have reached its outcome.
@@ -128,9 +128,13 @@ async fn run_sampled(
     }
     world.heal(server).await;
     let healed = Instant::now();
+    let healed_at = chrono::Utc::now();
     settle(&world).await;
-    // The last quiet window (from the heal) must be watched for the whole bound.
-    tokio::time::sleep(REPOLL_BOUND.saturating_sub(healed.elapsed())).await;
+    // The last quiet window (from the heal) is watched until every job still active has been
+    // polled in it (what invariant 6 asks of it), or for the whole bound.
+    while healed.elapsed() < REPOLL_BOUND && !every_active_job_polled_since(&world, healed_at).await {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.cancel();
     let _ = observer.await;
     if let Some(sampler) = sampler {
@@ -280,6 +284,28 @@ async fn settle(world: &World) {
     }
 }
 
+/// Whether every job of the run that is still active, and known to the VMA, has been polled
+/// since `since`.
+async fn every_active_job_polled_since(world: &World, since: chrono::DateTime<chrono::Utc>) -> bool {
+    let sql = format!("SELECT id FROM replication_jobs WHERE status IN ({})", oma::domain::active_status_sql_list());
+    let Ok(active) = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).fetch_all(&world.pool).await else {
+        return false;
+    };
+    let polled: std::collections::HashSet<String> = world
+        .sim
+        .state
+        .journal_entries(None, usize::MAX)
+        .into_iter()
+        .filter(|e| e.at >= since && e.method == "GET" && e.path.starts_with("/api/v1/progress/"))
+        .filter_map(|e| e.job)
+        .collect();
+    // As invariant 6 counts them: jobs the VMA was given a script for (a job whose /replicate
+    // never reached the VMA is unknown to it, and its polls name no job).
+    let scripted: std::collections::HashSet<String> =
+        world.job_records().into_iter().filter(|r| r.script_from.is_some()).filter_map(|r| r.id).collect();
+    active.iter().filter(|id| scripted.contains(*id)).all(|id| polled.contains(id))
+}
+
 async fn final_rows(world: &World) -> anyhow::Result<HashMap<String, FinalRow>> {
     let rows = sqlx::query(
         "SELECT j.id, j.status, j.vma_error_classification, c.current_job_id FROM replication_jobs j \
@@ -306,12 +332,14 @@ pub struct ChaosOptions {
     pub shrink: bool,
     /// Where reports go (`target/chaos/` by default).
     pub out: PathBuf,
+    /// Runs at a time, each worker with its own MariaDB server.
+    pub parallel: usize,
 }
 
-/// Play every seed (or the replay file); shrink a failing schedule; write the reports. Returns
-/// whether every run passed.
+/// Play every seed (or the replay file), `options.parallel` runs at a time, each worker on its
+/// own MariaDB server (a database kill in one run must not touch another); then shrink each
+/// failing schedule and write the reports. Returns whether every run passed.
 pub async fn run(options: &ChaosOptions) -> anyhow::Result<bool> {
-    let mut server = ChaosServer::start().await?;
     std::fs::create_dir_all(&options.out)?;
     let schedules: Vec<Schedule> = match &options.replay {
         Some(path) => {
@@ -320,47 +348,72 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<bool> {
         }
         None => options.seeds.iter().map(|seed| Schedule::generate(*seed, &options.shape)).collect(),
     };
-    let mut reports = Vec::new();
     let total = schedules.len();
-    for (n, schedule) in schedules.iter().enumerate() {
-        let dir = options.out.join(format!("seed-{}", schedule.seed));
-        let _ = std::fs::remove_dir_all(&dir);
-        let report = run_once(schedule, &mut server, &dir).await?;
-        println!(
-            "[chaos] run {}/{total} seed {}: {} in {:.1} s ({} OMA(s), {} jobs, events {:?})",
-            n + 1,
-            schedule.seed,
-            if report.passed() { "passed".to_string() } else { format!("{} violation(s)", report.violations.len()) },
-            report.wall_ms as f64 / 1000.0,
-            report.omas,
-            report.jobs,
-            report.events_by_kind
-        );
-        if !report.passed() {
-            report::print_failure(schedule, &report);
-            let replay = options.out.join(format!("failing-seed-{}.toml", schedule.seed));
-            std::fs::write(&replay, schedule.to_toml())?;
+    let workers = options.parallel.clamp(1, total.max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let worker = |_: usize| async {
+        let mut server = ChaosServer::start().await?;
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(schedule) = schedules.get(i) else { break };
+            let dir = options.out.join(format!("seed-{}", schedule.seed));
+            let _ = std::fs::remove_dir_all(&dir);
+            let report = run_once(schedule, &mut server, &dir).await?;
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             println!(
-                "[chaos] schedule written to {} (replay: oma-lab chaos --replay {})",
-                replay.display(),
-                replay.display()
+                "[chaos] run {n}/{total} seed {}: {} in {:.1} s ({} OMA(s), {} jobs, events {:?})",
+                schedule.seed,
+                if report.passed() {
+                    "passed".to_string()
+                } else {
+                    format!("{} violation(s)", report.violations.len())
+                },
+                report.wall_ms as f64 / 1000.0,
+                report.omas,
+                report.jobs,
+                report.events_by_kind
             );
-            if options.shrink {
-                let minimal = shrink(schedule, &report, &mut server, &options.out).await?;
-                let file = options.out.join(format!("minimal-seed-{}.toml", schedule.seed));
-                std::fs::write(&file, minimal.to_toml())?;
-                println!(
-                    "[chaos] shrunk to {} event(s), still breaking {}: {}\n{}",
-                    minimal.events.len(),
-                    report.violations[0].invariant,
-                    file.display(),
-                    minimal.to_toml()
-                );
-            }
+            report::write_run(&dir, schedule, &report)?;
+            mine.push((i, report));
         }
-        report::write_run(&dir, schedule, &report)?;
-        reports.push(report);
+        anyhow::Ok(mine)
+    };
+    let mut reports: Vec<(usize, RunReport)> = Vec::with_capacity(total);
+    for result in futures::future::join_all((0..workers).map(worker)).await {
+        reports.extend(result?);
     }
+    reports.sort_by_key(|(i, _)| *i);
+    let mut server = None;
+    for (i, report) in reports.iter().filter(|(_, r)| !r.passed()) {
+        let schedule = &schedules[*i];
+        report::print_failure(schedule, report);
+        let replay = options.out.join(format!("failing-seed-{}.toml", schedule.seed));
+        std::fs::write(&replay, schedule.to_toml())?;
+        println!(
+            "[chaos] schedule written to {} (replay: oma-lab chaos --replay {})",
+            replay.display(),
+            replay.display()
+        );
+        if options.shrink {
+            if server.is_none() {
+                server = Some(ChaosServer::start().await?);
+            }
+            let server = server.as_mut().expect("started above");
+            let minimal = shrink(schedule, report, server, &options.out).await?;
+            let file = options.out.join(format!("minimal-seed-{}.toml", schedule.seed));
+            std::fs::write(&file, minimal.to_toml())?;
+            println!(
+                "[chaos] shrunk to {} event(s), still breaking {}: {}\n{}",
+                minimal.events.len(),
+                report.violations[0].invariant,
+                file.display(),
+                minimal.to_toml()
+            );
+        }
+    }
+    let reports: Vec<RunReport> = reports.into_iter().map(|(_, r)| r).collect();
     let summary = report::write_summary(&options.out, &reports)?;
     println!("[chaos] report: {}", summary.display());
     Ok(reports.iter().all(RunReport::passed))

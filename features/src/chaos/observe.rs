@@ -55,7 +55,12 @@ pub async fn observe(
     let mut tick = 0u64;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                // The rows as the run ends: a job that ended after the last tick is not judged
+                // on a stale "active" row.
+                read_rows(&pool, &into).await;
+                return;
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         tick += 1;

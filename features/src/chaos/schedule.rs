@@ -171,7 +171,9 @@ impl Schedule {
                 Origin::Seeded => 0,
                 Origin::Api => rng.random_range(0..duration_ms.max(1)),
             };
-            let life = rng.random_range(300..(duration_ms + 3000));
+            // Every job's script ends by 1.5 s after the events: the run then settles quickly.
+            let life =
+                rng.random_range(300..(duration_ms + 3000)).min((duration_ms + 1500).saturating_sub(at_ms)).max(300);
             let vma = match rng.random_range(0..100) {
                 0..=24 => VmaScript::Completes { after_ms: life },
                 25..=36 => VmaScript::Fails { after_ms: life },
@@ -207,6 +209,14 @@ impl Schedule {
                 62..=73 if shape.db_kills => Event::DbKill { down_ms: rng.random_range(500..5000) },
                 62..=81 => Event::DbKillConnections,
                 _ => Event::DbPartition { oma, for_ms: rng.random_range(500..4000) },
+            };
+            // A lasting disturbance ends by 1 s after the events' window at the latest.
+            let room = (duration_ms + 1000).saturating_sub(at_ms).max(300);
+            let event = match event {
+                Event::VmaFault { fault, for_ms } => Event::VmaFault { fault, for_ms: for_ms.min(room) },
+                Event::DbKill { down_ms } => Event::DbKill { down_ms: down_ms.min(room) },
+                Event::DbPartition { oma, for_ms } => Event::DbPartition { oma, for_ms: for_ms.min(room) },
+                other => other,
             };
             events.push(TimedEvent { at_ms, event });
         }

@@ -550,11 +550,14 @@ impl World {
     /// Stop every OMA (SIGTERM), sim-vma, and drop the run's database.
     pub async fn tear_down(self, server: &ChaosServer) {
         let mut omas = self.omas.lock().await;
+        // The run is judged: the OMAs stop at once, side by side.
+        let mut running = Vec::new();
         for slot in omas.iter_mut() {
             if slot.process.is_running() {
-                let _ = slot.process.stop().await;
+                running.push(slot.process.stop());
             }
         }
+        futures::future::join_all(running).await;
         drop(omas);
         self.sim.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.pool.close()).await;

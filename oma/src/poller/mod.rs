@@ -1,6 +1,9 @@
 //! The VMA progress poller (SPEC §4.3): every tracked job is polled every interval, at most one
 //! request in flight per job, no cap on the number of jobs, missed ticks are not burst. Ownership
 //! lives in `vma_polling_state` (owner + lease) so a second OMA never polls the same job.
+//! One file (about 550 lines) on purpose: the tracked-job table, dispatch and lease upkeep share
+//! one lock and one invariant (a job is polled only within its lease as this process last knew
+//! it); the parts that stand alone are `writes` (batched poll results) and `streak_log`.
 
 mod streak_log;
 mod writes;
