@@ -162,6 +162,9 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And the job stays "replicating"
     When I POST "/api/v1/job-recovery/trigger"
     Then the response field "skipped_being_polled" lists the job
+    When I GET "/api/v1/job-recovery/status"
+    Then the response field "totals/errors" is 1
+    And the response field "success_rate" is 0
     When the database accepts the job's writes again
     Then the job is "completed"
     And the VM context allows new operations

@@ -27,6 +27,8 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     And the response field "totals/total_processed" is 1
     And the response field "totals/completed" is 1
     And the response field "totals/planned" is 0
+    And the response field "success_rate" is 1
+    And the response field "polling_restart_rate" is "null"
 
   Scenario: A caller hanging up does not cut a manual recovery short
     Given the health monitor checks every 60000 ms
@@ -74,6 +76,7 @@ Feature: Job sheet - observability endpoints (phase 4) and production testing cr
     Then the response status is 200
     And the response field "is_polling" is "true"
     And the response field "persisted_state/is_active" is "true"
+    And the job's polling history shows its last 10 polls, oldest first
     When I GET "/health"
     Then the response field "polling.active_jobs" is 1
     When I GET "/metrics"

@@ -42,6 +42,19 @@ pub struct RecoverySummary {
 }
 
 impl RecoverySummary {
+    /// Of the jobs a recovery decided about (dry runs aside), the share it could decide and
+    /// write without an error (job sheet 4.1); `None` before any.
+    pub fn success_rate(&self) -> Option<f64> {
+        let decided = self.total_processed - self.planned;
+        (decided > 0).then(|| (decided - self.errors) as f64 / decided as f64)
+    }
+
+    /// Of the jobs found running on the VMA, the share whose polling was restarted (job sheet
+    /// 5.3.3: 100 % for an OMA); `None` when none was running.
+    pub fn polling_restart_rate(&self) -> Option<f64> {
+        (self.still_running > 0).then(|| self.polling_restarted as f64 / self.still_running as f64)
+    }
+
     pub fn count(&mut self, outcome: Outcome) {
         self.total_processed += 1;
         match outcome {
@@ -311,27 +324,10 @@ pub async fn startup_recovery(services: Arc<Services>, poller: Poller, tracker: 
 mod tests {
     use super::*;
 
-    const EVERY_OUTCOME: [Outcome; 14] = [
-        Outcome::PollingRestarted,
-        Outcome::StillRunning,
-        Outcome::NotFoundWithinGrace,
-        Outcome::UnreachableLeftForRetry,
-        Outcome::Completed,
-        Outcome::CompletedAssumed,
-        Outcome::FailedOnVma,
-        Outcome::Lost,
-        Outcome::UnreachableTimedOut,
-        Outcome::Stalled,
-        Outcome::AlreadyFinal,
-        Outcome::OwnedElsewhere,
-        Outcome::Planned,
-        Outcome::Error,
-    ];
-
     #[test]
     fn summary_counts_every_outcome_once() {
         let mut s = RecoverySummary::default();
-        for o in EVERY_OUTCOME {
+        for o in Outcome::ALL {
             s.count(o);
         }
         let v = serde_json::to_value(&s).unwrap();
@@ -342,8 +338,8 @@ mod tests {
             .filter(|(k, _)| *k != "total_processed" && *k != "polling_restarted")
             .map(|(_, v)| v.as_u64().unwrap())
             .sum();
-        assert_eq!(s.total_processed, EVERY_OUTCOME.len());
-        assert_eq!(per_field as usize, EVERY_OUTCOME.len(), "{v}");
+        assert_eq!(s.total_processed, Outcome::ALL.len());
+        assert_eq!(per_field as usize, Outcome::ALL.len(), "{v}");
         let text = s.log_text();
         assert!(text.starts_with("✅ Job recovery completed:"));
         assert!(text.contains("Still running (polling restarted): 2"));
@@ -351,10 +347,23 @@ mod tests {
     }
 
     #[test]
+    fn success_rates_count_errors_and_leave_dry_runs_out() {
+        let mut s = RecoverySummary::default();
+        assert_eq!((s.success_rate(), s.polling_restart_rate()), (None, None));
+        for o in [Outcome::PollingRestarted, Outcome::Completed, Outcome::Lost, Outcome::Error, Outcome::Planned] {
+            s.count(o);
+        }
+        assert_eq!(s.success_rate(), Some(0.75), "3 of 4 decided without an error; the dry run is not counted");
+        assert_eq!(s.polling_restart_rate(), Some(1.0));
+        s.count(Outcome::StillRunning);
+        assert_eq!(s.polling_restart_rate(), Some(0.5), "running on the VMA, recorded, not polled here");
+    }
+
+    #[test]
     fn totals_add_every_field() {
         // Distinct counts per outcome, so a field added to the wrong place or not at all shows.
         let mut run = RecoverySummary::default();
-        for (n, o) in EVERY_OUTCOME.into_iter().enumerate() {
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
             for _ in 0..=n {
                 run.count(o);
             }

@@ -214,6 +214,8 @@ async fn recovery_status(State(state): State<AppState>) -> Result<Response, ApiE
         "last_run": recovery.last_run,
         "runs": recovery.runs,
         "totals": recovery.totals,
+        "success_rate": recovery.totals.success_rate(),
+        "polling_restart_rate": recovery.totals.polling_restart_rate(),
         "unfinished_jobs": counts.unfinished,
         "polled_by_live_poller": counts.polled_by_live_owner,
         "not_polled": counts.unfinished - counts.polled_by_live_owner,

@@ -34,6 +34,22 @@ use writes::{write_loop, WriteMsg};
 /// database must not hold up the exit (what is not written is polled again after the restart).
 pub const SHUTDOWN_DB_WAIT: Duration = Duration::from_secs(2);
 
+/// Polls kept per job for `GET /api/v1/vma-polling/jobs/{id}` (job sheet 4.2.2): bounded, so
+/// 10,000 tracked jobs hold a few MiB of it at most.
+pub const HISTORY: usize = 10;
+
+/// One poll of a job, as its history shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PollRecord {
+    pub at: DateTime<Utc>,
+    pub result: &'static str,
+    pub latency_ms: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 struct Tracked {
     facts: JobFacts,
     export_names: Vec<String>,
@@ -55,6 +71,17 @@ struct Tracked {
     polls_failed: u64,
     last_result: &'static str,
     last_error: Option<String>,
+    /// The last [`HISTORY`] polls, oldest first.
+    history: std::collections::VecDeque<PollRecord>,
+}
+
+impl Tracked {
+    fn remember(&mut self, record: PollRecord) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(record);
+    }
 }
 
 struct PollerState {
@@ -101,6 +128,9 @@ pub struct PolledJobStatus {
     pub last_error: Option<String>,
     pub lookup_key: Option<String>,
     pub job_age_seconds: Option<i64>,
+    /// The last polls, oldest first (one job's status only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PollRecord>,
 }
 
 impl Poller {
@@ -158,6 +188,7 @@ impl Poller {
             polls_failed: 0,
             last_result: "none",
             last_error: None,
+            history: std::collections::VecDeque::with_capacity(HISTORY),
         });
         if preferred.is_some() {
             entry.preferred = preferred;
@@ -201,7 +232,8 @@ impl Poller {
     pub fn job_status(&self, job_id: &str) -> Option<PolledJobStatus> {
         let now = self.inner.services.clock.now();
         let jobs = self.inner.jobs.lock().expect("poller lock");
-        jobs.get(job_id).map(|t| status_of(job_id, t, now))
+        jobs.get(job_id)
+            .map(|t| PolledJobStatus { history: t.history.iter().cloned().collect(), ..status_of(job_id, t, now) })
     }
 
     pub fn status(&self) -> Vec<PolledJobStatus> {
@@ -268,9 +300,12 @@ impl Poller {
         let services = &self.inner.services;
         let observation;
         let via;
+        let latency_ms;
         {
             let _permit = self.inner.requests.acquire().await.expect("semaphore never closed");
+            let asked = Instant::now();
             let lookup = services.vma.lookup(&job_id, &names, preferred.as_ref()).await;
+            latency_ms = asked.elapsed().as_millis().min(u32::MAX as u128) as u32;
             observation = lookup.observation;
             via = lookup.via;
         }
@@ -298,6 +333,13 @@ impl Poller {
                     t.consecutive_errors = 0;
                     t.last_success_at = Some(now);
                     t.last_result = "running";
+                    t.remember(PollRecord {
+                        at: now,
+                        result: "running",
+                        latency_ms,
+                        progress_percent: Some(progress.percentage),
+                        error: None,
+                    });
                 });
                 if failed_before > 0 && self.admit_streak_line(Streak::Recovered) {
                     info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
@@ -331,6 +373,13 @@ impl Poller {
                     t.polls_failed += 1;
                     t.last_result = result;
                     t.last_error = Some(error.clone());
+                    t.remember(PollRecord {
+                        at: now,
+                        result,
+                        latency_ms,
+                        progress_percent: None,
+                        error: Some(error.clone()),
+                    });
                 });
                 // Once per streak, where the original warned at every poll: the line says what the
                 // VMA answered, and that the job is not failed for it.
@@ -353,6 +402,13 @@ impl Poller {
                         t.polls_failed += 1;
                         t.last_result = "finalize_failed";
                         t.last_error = Some("the final status could not be written; retrying".into());
+                        t.remember(PollRecord {
+                            at: now,
+                            result: "finalize_failed",
+                            latency_ms,
+                            progress_percent: None,
+                            error: t.last_error.clone(),
+                        });
                     });
                     self.finish(&job_id, false);
                 }
@@ -547,6 +603,7 @@ fn status_of(job_id: &str, t: &Tracked, now: DateTime<Utc>) -> PolledJobStatus {
             LookupKey::JobId => job_id.to_string(),
         }),
         job_age_seconds: t.facts.polling_started_at.map(|s| (now - s).num_seconds()),
+        history: Vec::new(),
     }
 }
 

@@ -128,6 +128,34 @@ async fn field_at_least(world: &mut OmaWorld, path: String, least: f64) {
     assert!(v.is_some_and(|v| v >= least), "{path} is {v:?}, not at least {least}, in {body}");
 }
 
+/// Job sheet 4.2.2: the job's last polls, bounded. Waits until the OMA has polled it more
+/// often than the history holds, then checks the bound, the order and each entry.
+#[then(regex = r"^the job's polling history shows its last (\d+) polls, oldest first$")]
+async fn polling_history(world: &mut OmaWorld, n: usize) {
+    let url = format!("{}/api/v1/vma-polling/jobs/{}", world.lab().oma().url(), world.job());
+    let deadline = std::time::Instant::now() + super::WAIT;
+    let body = loop {
+        let body: Value = world.lab().http.get(&url).send().await.expect("GET").json().await.expect("JSON");
+        let polls = body["polled_by_this_instance"]["polls_total"].as_u64().unwrap_or(0);
+        if polls as usize > n {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job was polled {polls} times only: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let history = body["polled_by_this_instance"]["history"].as_array().unwrap_or_else(|| panic!("no history: {body}"));
+    assert_eq!(history.len(), n, "the history holds the last {n} polls: {body}");
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = history
+        .iter()
+        .map(|h| chrono::DateTime::parse_from_rfc3339(h["at"].as_str().expect("at")).expect("an RFC 3339 time"))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "oldest first: {times:?}");
+    for h in history {
+        assert_eq!(h["result"], "running", "{h}");
+        assert!(h["latency_ms"].as_u64().is_some() && h["progress_percent"].as_f64().is_some(), "{h}");
+    }
+}
+
 #[then(regex = r#"^the response fields "([^"]*)" and "([^"]*)" are equal$"#)]
 async fn fields_equal(world: &mut OmaWorld, a: String, b: String) {
     let (_, body) = response(world);
