@@ -277,6 +277,10 @@ fn fds_of(pid: u32) -> usize {
 #[tokio::test]
 async fn slow_clients_are_cut_off_and_their_resources_come_back() {
     const CLIENTS: usize = 2_000;
+    // The header and body timeouts of this OMA. All the clients must be open at once, so opening
+    // them must take less than this: 5 s was not enough in a fresh-clone CI run with the other
+    // tests of this binary beside it (the first connections were cut off before the last opened).
+    const BOUND: Duration = Duration::from_secs(20);
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     let needed = (CLIENTS as u64) * 2 + 500;
@@ -287,9 +291,12 @@ async fn slow_clients_are_cut_off_and_their_resources_come_back() {
 
     let mut lab = Lab::new("hostile-slow-clients").await.unwrap();
     let mut config = lab.oma_config();
-    for (k, v) in
-        [("OMA_HTTP_HEADER_TIMEOUT", "5s"), ("OMA_HTTP_BODY_TIMEOUT", "5s"), ("OMA_HTTP_MAX_CONNECTIONS", "4096")]
-    {
+    let bound = format!("{}s", BOUND.as_secs());
+    for (k, v) in [
+        ("OMA_HTTP_HEADER_TIMEOUT", bound.as_str()),
+        ("OMA_HTTP_BODY_TIMEOUT", &bound),
+        ("OMA_HTTP_MAX_CONNECTIONS", "4096"),
+    ] {
         config.extra_env.push((k.into(), v.into()));
     }
     lab.start_oma_with(config).await.unwrap();
@@ -335,11 +342,12 @@ async fn slow_clients_are_cut_off_and_their_resources_come_back() {
         }
     }
     let all_open = opened.elapsed();
+    assert!(all_open < BOUND, "opening {CLIENTS} connections took {all_open:?}: they were not all open at once");
     // A well-behaved client is served while they hang on.
     assert_healthy(&lab).await;
 
     // Every one of them is closed by the server: a read ends (EOF, an error answer, or a reset).
-    let deadline = Duration::from_secs(5) + Duration::from_secs(3);
+    let deadline = BOUND + Duration::from_secs(3);
     let closed = futures::future::join_all(clients.into_iter().map(|mut s| async move {
         let mut buf = [0u8; 1024];
         let mut got = Vec::new();
