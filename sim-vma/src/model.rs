@@ -32,6 +32,24 @@ pub enum Mode {
     Malformed {
         kind: MalformedKind,
     },
+    /// Disks copied one after another under one job id, as migratekit does (reference §10,
+    /// defect 13): each disk runs from 0 to 100 % with `total_bytes` its own size, and the job
+    /// then answers `completed` at 100 % for `pause_polls` polls before the next disk starts.
+    MultiDisk(Disks),
+}
+
+/// The disks of a [`Mode::MultiDisk`] job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Disks {
+    /// Each disk's size in bytes, in copy order.
+    pub sizes: Vec<i64>,
+    /// Percent of the current disk copied per poll.
+    pub rate_per_poll: f64,
+    /// Polls answered `completed` between one disk and the next.
+    pub pause_polls: u64,
+    /// Send `disk_progresses` (one entry per disk started, no `disk_id`, as migratekit sends it);
+    /// off by default: the real VMA omits the list when it has no per-disk entries.
+    pub disk_progresses: bool,
 }
 
 impl Mode {
@@ -46,6 +64,7 @@ impl Mode {
             Mode::Slow { .. } => "slow",
             Mode::Error { .. } => "error",
             Mode::Malformed { .. } => "malformed",
+            Mode::MultiDisk(_) => "multi_disk",
         }
     }
 }
@@ -144,6 +163,10 @@ pub struct Job {
     pub phase_index: usize,
     /// Set by `/replicate`: the VM path, for `/api/v1/status/{id}`.
     pub vm_path: Option<String>,
+    /// [`Mode::MultiDisk`]: the disk being copied (or the last one done), and the polls answered
+    /// `completed` since it was done.
+    pub disk_index: usize,
+    pub disk_pause: u64,
 }
 
 impl Job {
@@ -173,6 +196,8 @@ impl Job {
             polls: 0,
             phase_index: 0,
             vm_path: None,
+            disk_index: 0,
+            disk_pause: 0,
         };
         job.set_mode(mode, transitions, now);
         job
@@ -218,6 +243,12 @@ impl Job {
                 }
                 self.throughput_bps = 0.0;
             }
+            Mode::MultiDisk(disks) => {
+                self.disk_index = 0;
+                self.disk_pause = 0;
+                self.sync_type = "full".into();
+                self.start_disk(disks.sizes.first().copied().unwrap_or(0));
+            }
             _ => {}
         }
         self.mode_start_percent = self.percent;
@@ -237,11 +268,50 @@ impl Job {
         }
     }
 
+    /// A disk of a multi-disk job starts: 0 % of its own size.
+    fn start_disk(&mut self, size: i64) {
+        self.status = "in_progress".into();
+        self.phase = "Transfer".into();
+        self.percent = 0.0;
+        self.total_bytes = size;
+        self.bytes_transferred = 0;
+        self.throughput_bps = Ramp::default().throughput_mbps * 1_048_576.0;
+    }
+
+    /// One poll of a multi-disk job: the current disk moves on, is done (`completed`, 100 %, as
+    /// migratekit reports each disk), or after the pause the next disk starts.
+    fn disk_poll(&mut self) {
+        let Mode::MultiDisk(disks) = &self.mode else { return };
+        let (rate, pause, next) =
+            (disks.rate_per_poll, disks.pause_polls, disks.sizes.get(self.disk_index + 1).copied());
+        if self.status == "completed" {
+            let Some(size) = next else { return };
+            self.disk_pause += 1;
+            if self.disk_pause > pause {
+                self.disk_index += 1;
+                self.disk_pause = 0;
+                self.start_disk(size);
+            }
+            return;
+        }
+        self.percent = (self.percent + rate).clamp(0.0, 100.0);
+        self.bytes_transferred = (self.total_bytes as f64 * self.percent / 100.0) as i64;
+        if self.percent >= 100.0 {
+            self.status = "completed".into();
+            self.bytes_transferred = self.total_bytes;
+            self.throughput_bps = 0.0;
+        }
+    }
+
     /// Count one poll and move the ramp along. Call before rendering the answer.
     pub fn on_poll(&mut self, now: DateTime<Utc>) {
         self.apply_transitions(now);
         self.polls += 1;
         self.polls_in_mode += 1;
+        if matches!(self.mode, Mode::MultiDisk(_)) {
+            self.disk_poll();
+            return;
+        }
         let ramp = match &self.mode {
             Mode::Running(r) | Mode::Slow { ramp: r, .. } => r,
             _ => return,
@@ -354,6 +424,27 @@ mod tests {
         assert_eq!(job.mode.name(), "running");
         job.on_poll(t0() + chrono::Duration::milliseconds(2000));
         assert_eq!(job.mode, Mode::NotFound);
+    }
+
+    #[test]
+    fn multi_disk_reports_completed_after_each_disk_then_starts_the_next() {
+        let disks = Disks { sizes: vec![100, 200, 300], rate_per_poll: 50.0, pause_polls: 2, disk_progresses: false };
+        let mut job = Job::new("j", vec![], Mode::MultiDisk(disks), vec![], t0());
+        let mut seen = Vec::new();
+        for _ in 0..14 {
+            job.on_poll(t0());
+            seen.push((job.disk_index, job.status.clone(), job.percent, job.bytes_transferred, job.total_bytes));
+        }
+        let s = |i: usize| (seen[i].0, seen[i].1.as_str(), seen[i].2, seen[i].3, seen[i].4);
+        assert_eq!(s(0), (0, "in_progress", 50.0, 50, 100));
+        assert_eq!(s(1), (0, "completed", 100.0, 100, 100), "the premature completion, after disk 1");
+        assert_eq!(s(2), (0, "completed", 100.0, 100, 100));
+        assert_eq!(s(3), (0, "completed", 100.0, 100, 100));
+        assert_eq!(s(4), (1, "in_progress", 0.0, 0, 200), "disk 2 starts at 0 after the pause");
+        assert_eq!(s(6), (1, "completed", 100.0, 200, 200));
+        assert_eq!(s(10), (2, "in_progress", 50.0, 150, 300));
+        assert_eq!(s(11), (2, "completed", 100.0, 300, 300));
+        assert_eq!(s(13), (2, "completed", 100.0, 300, 300), "done for good after the last disk");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MalformedKind, Mode, Ramp, Rate, Transition, Trigger};
+use crate::model::{Disks, MalformedKind, Mode, Ramp, Rate, Transition, Trigger};
 
 /// A validation error naming the field that was wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
@@ -19,7 +19,8 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError { field: field.into(), message: message.into() }
 }
 
-pub const MODES: &str = "running, completed, failed, not_found, http200_not_found, stale, slow, error, malformed";
+pub const MODES: &str =
+    "running, completed, failed, not_found, http200_not_found, stale, slow, error, malformed, multi_disk";
 
 /// A job's behaviour, as JSON (`PUT /sim/v1/jobs/{id}`) or TOML (`[[jobs]]`). Transitions use the
 /// same shape with `after_polls` or `after`.
@@ -49,6 +50,12 @@ pub struct JobSpec {
     pub after_polls: Option<u64>,
     /// Time in the previous mode, e.g. "2s".
     pub after: Option<String>,
+    /// `multi_disk`: each disk's size in bytes, in copy order (2 to 64 disks).
+    pub disks: Option<Vec<i64>>,
+    /// `multi_disk`: polls answered `completed` between one disk and the next (default 2).
+    pub pause_polls: Option<u64>,
+    /// `multi_disk`: send `disk_progresses` (default false, as migratekit's VMA mostly does).
+    pub disk_progresses: Option<bool>,
 }
 
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration, SpecError> {
@@ -138,6 +145,43 @@ impl JobSpec {
                         )
                     })?,
                 }
+            }
+            "multi_disk" => {
+                let sizes = self
+                    .disks
+                    .clone()
+                    .ok_or_else(|| err(f("disks"), "is required for mode multi_disk: each disk's size in bytes"))?;
+                if !(2..=64).contains(&sizes.len()) {
+                    return Err(err(f("disks"), format!("must list 2 to 64 disks, got {}", sizes.len())));
+                }
+                if let Some(bad) = sizes.iter().find(|s| **s <= 0) {
+                    return Err(err(f("disks"), format!("sizes must be more than 0 bytes, got {bad}")));
+                }
+                let rate_per_poll = match self.rate_per_poll {
+                    Some(r) if r > 0.0 && r <= 100.0 => r,
+                    Some(r) => {
+                        return Err(err(f("rate_per_poll"), format!("must be more than 0 and at most 100, got {r}")))
+                    }
+                    None => {
+                        return Err(err(
+                            f("rate_per_poll"),
+                            "is required for mode multi_disk (percent of a disk per poll)",
+                        ))
+                    }
+                };
+                if self.rate_per_second.is_some() {
+                    return Err(err(f("rate_per_second"), "mode multi_disk moves per poll: use rate_per_poll"));
+                }
+                let pause_polls = self.pause_polls.unwrap_or(2);
+                if pause_polls > 1000 {
+                    return Err(err(f("pause_polls"), format!("must be at most 1000, got {pause_polls}")));
+                }
+                Mode::MultiDisk(Disks {
+                    sizes,
+                    rate_per_poll,
+                    pause_polls,
+                    disk_progresses: self.disk_progresses.unwrap_or(false),
+                })
             }
             other => return Err(err(f("mode"), format!("unknown mode {other:?}; use one of {MODES}"))),
         })
@@ -327,6 +371,27 @@ mod tests {
         assert!(e.contains("percnt"), "{e}");
         let e = spec(serde_json::json!({"mode": "slow"})).unwrap_err();
         assert!(e.contains("delay"), "{e}");
+    }
+
+    #[test]
+    fn multi_disk_specs_are_checked_field_by_field() {
+        let ok = spec(serde_json::json!({"mode": "multi_disk", "disks": [10, 20, 30], "rate_per_poll": 25}));
+        let Ok(CompiledJob { mode: Mode::MultiDisk(d), .. }) = ok else { panic!("{ok:?}") };
+        assert_eq!((d.sizes, d.pause_polls, d.disk_progresses), (vec![10, 20, 30], 2, false));
+        for (json, field) in [
+            (serde_json::json!({"mode": "multi_disk", "rate_per_poll": 25}), "disks"),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10], "rate_per_poll": 25}), "disks"),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 0], "rate_per_poll": 25}), "disks"),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20]}), "rate_per_poll"),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_poll": 0}), "rate_per_poll"),
+            (
+                serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_poll": 5, "pause_polls": 5000}),
+                "pause_polls",
+            ),
+        ] {
+            let e = spec(json.clone()).unwrap_err();
+            assert!(e.contains(&format!("`{field}`")), "{json}: {e}");
+        }
     }
 
     #[test]

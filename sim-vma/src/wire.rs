@@ -99,8 +99,52 @@ pub fn progress_body(job: &Job, now: DateTime<Utc>) -> String {
         w.value("", message);
     }
     w.value("],\"last_error\":", &failure);
+    if let Some(disks) = disk_progresses(job) {
+        w.raw(",\"disk_progresses\":");
+        serde_json::to_writer(&mut w.0, &disks).expect("plain values serialize");
+    }
     w.raw("}");
     String::from_utf8(w.0).expect("JSON text is UTF-8")
+}
+
+/// One entry of `disk_progresses` (reference §1.3), keys in the real VMA's order. migratekit
+/// never sends a disk id, so `disk_id` is empty.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskProgress {
+    pub disk_id: &'static str,
+    pub label: String,
+    pub bytes_transferred: i64,
+    pub total_bytes: i64,
+    pub percent: f64,
+    pub throughput_mbps: f64,
+    pub status: &'static str,
+}
+
+/// The per-disk entries of a multi-disk job that sends them: one per disk started so far.
+pub fn disk_progresses(job: &Job) -> Option<Vec<DiskProgress>> {
+    let Mode::MultiDisk(disks) = &job.mode else { return None };
+    if !disks.disk_progresses {
+        return None;
+    }
+    let current_done = job.status == "completed";
+    Some(
+        disks.sizes[..=job.disk_index.min(disks.sizes.len().saturating_sub(1))]
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let current = i == job.disk_index;
+                DiskProgress {
+                    disk_id: "",
+                    label: format!("Hard disk {}", i + 1),
+                    bytes_transferred: if current { job.bytes_transferred } else { size },
+                    total_bytes: size,
+                    percent: if current { job.percent } else { 100.0 },
+                    throughput_mbps: if current { job.throughput_bps / 1_048_576.0 } else { 0.0 },
+                    status: if !current || current_done { "completed" } else { "in_progress" },
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Appends JSON text: literal pieces (keys and punctuation) as they are, values through serde_json
@@ -141,7 +185,9 @@ pub fn answer_poll(job: &mut Job, now: DateTime<Utc>) -> (Reply, Option<Duration
     job.on_poll(now);
     let body = || progress_body(job, now);
     match &job.mode {
-        Mode::Running(_) | Mode::Completed | Mode::Failed { .. } | Mode::Stale => (Reply::Progress(body()), None),
+        Mode::Running(_) | Mode::Completed | Mode::Failed { .. } | Mode::Stale | Mode::MultiDisk(_) => {
+            (Reply::Progress(body()), None)
+        }
         Mode::Slow { delay_ms, .. } => (Reply::Progress(body()), Some(Duration::from_millis(*delay_ms))),
         Mode::NotFound => (Reply::NotFound, None),
         Mode::Http200NotFound => (Reply::Http200NotFound, None),
@@ -225,6 +271,8 @@ mod tests {
         phases: [PhaseInfo<'a>; 1],
         errors: &'a [String],
         last_error: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        disk_progresses: Option<Vec<DiskProgress>>,
     }
 
     fn derived_body(job: &Job, now: DateTime<Utc>) -> String {
@@ -276,6 +324,7 @@ mod tests {
             }],
             errors: failure.map(std::slice::from_ref).unwrap_or_default(),
             last_error: failure.map(String::as_str),
+            disk_progresses: disk_progresses(job),
         };
         serde_json::to_string(&body).unwrap()
     }
@@ -289,6 +338,8 @@ mod tests {
             Job::new("job-3", vec![], Mode::Failed { message: "NBD \"refused\"\ttab".into() }, vec![], t0()),
             Job::new("job-4", vec![], Mode::Failed { message: String::new() }, vec![], t0()),
             Job::new("job-5", vec![], Mode::Stale, vec![], t0()),
+            Job::new("job-6", vec![], multi_disk(true), vec![], t0()),
+            Job::new("job-7", vec![], multi_disk(false), vec![], t0()),
         ];
         jobs[0].sync_type = "incremental".into();
         jobs[0].throughput_bps = 123_456_789.5;
@@ -305,6 +356,38 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2025-10-03T14:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    fn multi_disk(disk_progresses: bool) -> Mode {
+        Mode::MultiDisk(crate::model::Disks {
+            sizes: vec![1 << 30, 2 << 30],
+            rate_per_poll: 60.0,
+            pause_polls: 0,
+            disk_progresses,
+        })
+    }
+
+    #[test]
+    fn disk_progresses_list_the_disks_started_as_migratekit_reports_them() {
+        let mut job = Job::new("j", vec![], multi_disk(true), vec![], t0());
+        let body = |job: &Job| serde_json::from_str::<serde_json::Value>(&progress_body(job, t0())).unwrap();
+        answer_poll(&mut job, t0());
+        answer_poll(&mut job, t0());
+        let first_done = body(&job);
+        assert_eq!(first_done["status"], "completed");
+        assert_eq!(first_done["total_bytes"], 1i64 << 30, "the first disk's size, not the job's");
+        assert_eq!(first_done["disk_progresses"].as_array().unwrap().len(), 1);
+        assert_eq!(first_done["disk_progresses"][0]["disk_id"], "");
+        answer_poll(&mut job, t0());
+        let second = body(&job);
+        assert_eq!((second["status"].as_str(), second["percentage"].as_f64()), (Some("in_progress"), Some(0.0)));
+        let entries = second["disk_progresses"].as_array().unwrap();
+        assert_eq!(
+            (entries[0]["status"].as_str(), entries[1]["status"].as_str()),
+            (Some("completed"), Some("in_progress"))
+        );
+        let without = Job::new("j", vec![], multi_disk(false), vec![], t0());
+        assert!(body(&without).get("disk_progresses").is_none(), "omitted unless asked for");
     }
 
     fn running(rate: Rate) -> Mode {

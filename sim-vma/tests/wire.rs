@@ -206,6 +206,40 @@ async fn get(http: &reqwest::Client, sim: &SimVma, id: &str) -> Result<(u16, Str
     Ok((status, ct, resp.text().await?))
 }
 
+/// Reference §10, defect 13: a three-disk job answers `completed` at 100 % after each disk (its
+/// `total_bytes` that disk's size), then the next disk starts at 0; over real HTTP, by export
+/// name as the OMA asks, with and without `disk_progresses`.
+#[tokio::test]
+async fn a_multi_disk_job_completes_once_per_disk() {
+    let (sim, control, http) = sim(1).await;
+    for (id, with_list) in [("md-plain", false), ("md-list", true)] {
+        let spec = json!({"mode": "multi_disk", "disks": [100, 200, 300], "rate_per_poll": 100, "pause_polls": 1,
+                          "disk_progresses": with_list, "export_names": [format!("migration-vol-{id}")]});
+        control.put_job_json(id, &spec).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let (status, _, body) = get(&http, &sim, &format!("migration-vol-{id}")).await.unwrap();
+            assert_eq!(status, 200);
+            let v: Value = serde_json::from_str(&body).unwrap();
+            seen.push((v["status"].as_str().unwrap().to_string(), v["total_bytes"].as_i64().unwrap()));
+            assert_eq!(v.get("disk_progresses").is_some(), with_list, "{body}");
+        }
+        let seen: Vec<(&str, i64)> = seen.iter().map(|(s, t)| (s.as_str(), *t)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("completed", 100),
+                ("completed", 100),
+                ("in_progress", 200),
+                ("completed", 200),
+                ("completed", 200),
+                ("in_progress", 300)
+            ],
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_mode_answers_as_specified() {
     let (sim, control, http) = sim(1).await;
