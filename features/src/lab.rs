@@ -25,7 +25,13 @@ impl Lab {
         let db = TestDatabase::create(&oma::db::MIGRATOR).await?;
         let sim = SimVma::start(SimConfig::default()).await?;
         let control = ControlClient::new(&sim.control_url());
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        // An idle pooled connection is dropped before the OMA's idle timeout (OMA_HTTP_HEADER_TIMEOUT,
+        // 10 s by default) can close it: reusing one just as the OMA closes it fails the request
+        // (IncompleteMessage; seen once in 20 runs of the hostile test).
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(4))
+            .build()?;
         Ok(Lab { name: name.to_string(), db: Some(db), sim: Some(sim), control, omas: Vec::new(), http })
     }
 
