@@ -6,11 +6,12 @@
 pub mod database;
 pub mod mariadb;
 pub mod owner;
+pub mod ports;
 pub mod reaper;
 pub mod seed;
 pub mod wait;
 
 pub use database::TestDatabase;
-pub use mariadb::free_port;
+pub use ports::free_port;
 pub use seed::{seed_job, seed_jobs_bulk, SeedJob};
 pub use wait::wait_until;

@@ -24,6 +24,7 @@ use sqlx::{Connection, MySqlConnection};
 use tokio::sync::OnceCell;
 
 use crate::owner::process_start;
+use crate::ports::free_port;
 
 /// How long a shared server outlives its last user: long enough for `cargo test` to start the
 /// next test binary, short enough that a finished run leaves nothing behind for long.
@@ -320,10 +321,6 @@ fn find_binary(names: &[&str]) -> Option<PathBuf> {
         }
     }
     None
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A local `mariadbd`: initialize a data directory, start it on a free port in a process group of
