@@ -76,11 +76,14 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn remember(&mut self, record: PollRecord) {
+    /// Add the poll just recorded in `last_result` / `last_error` to the history (the error only
+    /// when the poll gave no progress).
+    fn remember(&mut self, at: DateTime<Utc>, latency_ms: u32, progress_percent: Option<f64>) {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back(record);
+        let error = progress_percent.is_none().then(|| self.last_error.clone()).flatten();
+        self.history.push_back(PollRecord { at, result: self.last_result, latency_ms, progress_percent, error });
     }
 }
 
@@ -333,13 +336,7 @@ impl Poller {
                     t.consecutive_errors = 0;
                     t.last_success_at = Some(now);
                     t.last_result = "running";
-                    t.remember(PollRecord {
-                        at: now,
-                        result: "running",
-                        latency_ms,
-                        progress_percent: Some(progress.percentage),
-                        error: None,
-                    });
+                    t.remember(now, latency_ms, Some(progress.percentage));
                 });
                 if failed_before > 0 && self.admit_streak_line(Streak::Recovered) {
                     info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
@@ -373,13 +370,7 @@ impl Poller {
                     t.polls_failed += 1;
                     t.last_result = result;
                     t.last_error = Some(error.clone());
-                    t.remember(PollRecord {
-                        at: now,
-                        result,
-                        latency_ms,
-                        progress_percent: None,
-                        error: Some(error.clone()),
-                    });
+                    t.remember(now, latency_ms, None);
                 });
                 // Once per streak, where the original warned at every poll: the line says what the
                 // VMA answered, and that the job is not failed for it.
@@ -402,13 +393,7 @@ impl Poller {
                         t.polls_failed += 1;
                         t.last_result = "finalize_failed";
                         t.last_error = Some("the final status could not be written; retrying".into());
-                        t.remember(PollRecord {
-                            at: now,
-                            result: "finalize_failed",
-                            latency_ms,
-                            progress_percent: None,
-                            error: t.last_error.clone(),
-                        });
+                        t.remember(now, latency_ms, None);
                     });
                     self.finish(&job_id, false);
                 }
