@@ -198,9 +198,9 @@ pub async fn scan(
         (false, None) => Apply::Record,
     };
     let reconciled = reconcile_many(services, todo, caller, apply).await;
-    let asked: Vec<_> = reconciled.reports.iter().filter(|r| r.vma_status != "not_asked").collect();
-    if !asked.is_empty() && asked.iter().all(|r| r.vma_status == "unreachable") {
-        // The guide's troubleshooting line: nothing could be validated against the VMA.
+    let unreachable = |o: Outcome| matches!(o, Outcome::UnreachableLeftForRetry | Outcome::UnreachableTimedOut);
+    if !reconciled.reports.is_empty() && reconciled.reports.iter().all(|r| unreachable(r.outcome)) {
+        // The guide's troubleshooting line: the VMA could validate none of the jobs.
         warn!("⚠️ VMA services not available - job recovery will be limited");
     }
     if let Some(poller) = poller {
