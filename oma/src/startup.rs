@@ -20,6 +20,10 @@ use crate::poller::{Poller, SHUTDOWN_DB_WAIT};
 use crate::recovery::{new_tracker, startup_recovery, RecoveryTracker};
 use crate::services::Services;
 
+/// How long a stop lets in-flight requests, polls and writes finish before it hands over the
+/// leases (at most [`SHUTDOWN_DB_WAIT`]) and closes the pool (the same again).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(15);
+
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
@@ -167,7 +171,7 @@ impl Application {
         }
         cancel.cancel();
         recovery.abort();
-        let drained = tokio::time::timeout(Duration::from_secs(15), async {
+        let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
             while let Some(result) = tasks.join_next_with_id().await {
                 match result {
                     Ok((id, Err(e))) => {

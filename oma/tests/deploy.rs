@@ -56,8 +56,8 @@ fn the_stop_timeout_covers_the_drain_and_bad_settings_do_not_loop() {
     let stop = humantime::parse_duration(setting(&unit, "TimeoutStopSec").expect("TimeoutStopSec"))
         .or_else(|_| setting(&unit, "TimeoutStopSec").unwrap().parse::<u64>().map(std::time::Duration::from_secs))
         .expect("a duration");
-    // Requests drain for 15 s at most, then leases are handed over and the pool closed (2 s each).
-    let drain = std::time::Duration::from_secs(15) + oma::poller::SHUTDOWN_DB_WAIT * 2;
+    // Requests drain, then leases are handed over and the pool closed.
+    let drain = oma::startup::SHUTDOWN_DRAIN + oma::poller::SHUTDOWN_DB_WAIT * 2;
     assert!(stop > drain, "TimeoutStopSec {stop:?} does not cover the drain ({drain:?})");
     assert_eq!(setting(&unit, "RestartPreventExitStatus"), Some("2"), "a configuration error exits 2");
     assert_eq!(setting(&unit, "KillSignal"), Some("SIGTERM"));
