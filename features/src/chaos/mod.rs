@@ -273,24 +273,26 @@ async fn settle(world: &World) {
         .collect();
     let deadline = Instant::now() + SETTLE;
     while Instant::now() < deadline {
-        let sql =
-            format!("SELECT id FROM replication_jobs WHERE status IN ({})", oma::domain::active_status_sql_list());
-        let unfinished: Vec<String> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&world.pool).await.unwrap_or_default();
-        if !must_end.iter().any(|id| unfinished.iter().any(|u| u == id)) {
-            return;
+        // A database that does not answer has not shown the jobs ended: keep waiting.
+        if let Ok(unfinished) = active_job_ids(world).await {
+            if !must_end.iter().any(|id| unfinished.iter().any(|u| u == id)) {
+                return;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// Ids of the jobs in an active status.
+async fn active_job_ids(world: &World) -> Result<Vec<String>, sqlx::Error> {
+    let sql = format!("SELECT id FROM replication_jobs WHERE status IN ({})", oma::domain::active_status_sql_list());
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&world.pool).await
+}
+
 /// Whether every job of the run that is still active, and known to the VMA, has been polled
 /// since `since`.
 async fn every_active_job_polled_since(world: &World, since: chrono::DateTime<chrono::Utc>) -> bool {
-    let sql = format!("SELECT id FROM replication_jobs WHERE status IN ({})", oma::domain::active_status_sql_list());
-    let Ok(active) = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).fetch_all(&world.pool).await else {
-        return false;
-    };
+    let Ok(active) = active_job_ids(world).await else { return false };
     let polled: std::collections::HashSet<String> = world
         .sim
         .state
