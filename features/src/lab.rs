@@ -20,18 +20,20 @@ pub struct Lab {
     pub http: reqwest::Client,
 }
 
+/// An HTTP client for talking to OMAs under test. An idle pooled connection is dropped before
+/// the OMA's idle timeout (`OMA_HTTP_HEADER_TIMEOUT`, 10 s by default) can close it: reusing one
+/// just as the OMA closes it fails the request (IncompleteMessage; seen once in 20 runs of the
+/// hostile test).
+pub fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().timeout(timeout).pool_idle_timeout(Duration::from_secs(4)).build()
+}
+
 impl Lab {
     pub async fn new(name: &str) -> anyhow::Result<Lab> {
         let db = TestDatabase::create(&oma::db::MIGRATOR).await?;
         let sim = SimVma::start(SimConfig::default()).await?;
         let control = ControlClient::new(&sim.control_url());
-        // An idle pooled connection is dropped before the OMA's idle timeout (OMA_HTTP_HEADER_TIMEOUT,
-        // 10 s by default) can close it: reusing one just as the OMA closes it fails the request
-        // (IncompleteMessage; seen once in 20 runs of the hostile test).
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(4))
-            .build()?;
+        let http = http_client(Duration::from_secs(10))?;
         Ok(Lab { name: name.to_string(), db: Some(db), sim: Some(sim), control, omas: Vec::new(), http })
     }
 

@@ -192,13 +192,7 @@ impl World {
         let defaults: JobSpec =
             serde_json::from_value(json!({"mode": "running", "start_percent": 0, "rate_per_second": 0.5}))?;
         sim.state.set_replicate_defaults(defaults).map_err(|e| anyhow::anyhow!("{e}"))?;
-        // An idle pooled connection is dropped before the OMA's idle timeout (OMA_HTTP_HEADER_TIMEOUT,
-        // 10 s by default) can close it: reusing one just as the OMA closes it fails the request
-        // (IncompleteMessage; seen once in 20 runs of the hostile test).
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(4))
-            .build()?;
+        let http = crate::lab::http_client(Duration::from_secs(5))?;
         let mut world = World {
             schedule,
             timing,

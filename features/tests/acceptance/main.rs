@@ -212,20 +212,16 @@ async fn run() -> bool {
                     let sample = signoff::sample_baseline(&mut lab).await;
                     BASELINE.lock().unwrap_or_else(|p| p.into_inner()).add(sample);
                     let checked = signoff::checked_log_texts(scenario, |t| world.expand(t));
-                    {
-                        let mut warnings = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
-                        for oma in &lab.omas {
-                            for line in oma.log.lines().into_iter().filter(|l| signoff::is_warning(l)) {
-                                let expected = checked.iter().any(|c| line.contains(c.as_str()));
-                                warnings.push(signoff::Warning { scenario: scenario.name.clone(), line, expected });
-                            }
-                        }
-                    }
-                    {
+                    // Each OMA's log read once: the seed documents' lines, then its warnings.
+                    for oma in &lab.omas {
+                        let lines = oma.log.lines();
                         let mut expected = EXPECTED.lock().unwrap_or_else(|p| p.into_inner());
                         let expected = expected.get_or_insert_with(ExpectedLines::shipped);
-                        for oma in &lab.omas {
-                            oma.log.lines().iter().for_each(|line| expected.feed(line));
+                        lines.iter().for_each(|line| expected.feed(line));
+                        let mut warnings = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+                        for line in lines.into_iter().filter(|l| signoff::is_warning(l)) {
+                            let expected = checked.iter().any(|c| line.contains(c.as_str()));
+                            warnings.push(signoff::Warning { scenario: scenario.name.clone(), line, expected });
                         }
                     }
                     lab.teardown().await;
