@@ -114,3 +114,39 @@ async fn oma_api_migrate_revert_from_the_command_line() {
     assert!(oma::db::applied_migrations(lab.pool()).await.unwrap().contains(&newest));
     lab.teardown().await;
 }
+
+/// A rollback: the previous build starts on a database the newer build migrated further. The
+/// newer changes are additive, so it runs, naming the versions it does not know (sqlx alone
+/// refuses with "migration … was previously applied but is missing").
+#[tokio::test]
+async fn a_build_runs_on_a_schema_a_newer_build_migrated() {
+    let lab = Fixture::new().await;
+    let pool = lab.pool();
+    let future = 29_991_231_000_000_i64;
+    sqlx::query("ALTER TABLE replication_jobs ADD COLUMN future_column INT NOT NULL DEFAULT 0")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+         VALUES (?, 'a newer build', NOW(), 1, x'00', 1)",
+    )
+    .bind(future)
+    .execute(pool)
+    .await
+    .unwrap();
+    oma::db::migrate(pool).await.expect("a newer schema is used as it is");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oma-api"))
+        .arg("migrate")
+        .env("OMA_DATABASE_URL", &lab.db.url)
+        .env("OMA_DB_WAIT", "2s")
+        .output()
+        .expect("oma-api runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("migrations this build does not know ({future})")), "{text}");
+    // Reverting still needs the build that knows the newer migration.
+    let e = oma::db::revert(pool, 0).await.expect_err("refused");
+    assert!(e.to_string().contains(&future.to_string()), "{e}");
+    lab.teardown().await;
+}

@@ -123,8 +123,27 @@ pub async fn why_out_of_reach(pool: &MySqlPool, budget: Duration) -> String {
 }
 
 /// Apply the embedded migrations. Idempotent; sqlx serializes concurrent runners with a lock.
+/// Migrations are additive, so a database a newer build migrated further (this build was rolled
+/// back to) is used as it is: the versions this build does not know are named, not refused.
 pub async fn migrate(pool: &MySqlPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let known = migration_versions();
+    let newer: Vec<i64> = applied_migrations(pool).await?.into_iter().filter(|v| !known.contains(v)).collect();
+    if !newer.is_empty() {
+        tracing::warn!(
+            "⚠️ The database has migrations this build does not know ({}): a newer build migrated it (rolled back?) - \
+             running on the newer schema, whose changes are additive",
+            newer.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let migrator = sqlx::migrate::Migrator {
+        migrations: MIGRATOR.migrations.clone(),
+        ignore_missing: true,
+        locking: MIGRATOR.locking,
+        no_tx: MIGRATOR.no_tx,
+        table_name: MIGRATOR.table_name.clone(),
+        create_schemas: MIGRATOR.create_schemas.clone(),
+    };
+    migrator.run(pool).await
 }
 
 /// Versions of the embedded migrations, oldest first (each has an up and a down script).
