@@ -34,6 +34,31 @@ pub struct VmaProgress {
     pub errors: Vec<serde_json::Value>,
     #[serde(default)]
     pub last_error: Option<serde_json::Value>,
+    /// Per-disk entries, when the VMA sends them (omitted by migratekit's VMA when it has none;
+    /// never a `disk_id`). What a multi-disk job's completion is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_progresses: Option<Vec<DiskProgress>>,
+}
+
+/// One entry of `disk_progresses` (reference §1.3).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]
+pub struct DiskProgress {
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub percent: f64,
+    #[serde(default)]
+    pub bytes_transferred: i64,
+    #[serde(default)]
+    pub total_bytes: i64,
+}
+
+impl DiskProgress {
+    /// The VMA says this disk is copied.
+    pub fn done(&self) -> bool {
+        let status = self.status.to_ascii_lowercase();
+        status == "completed" || status == "succeeded"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, Default)]

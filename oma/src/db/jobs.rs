@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
 
 use super::{push_id_list, BATCH_ROWS};
-use crate::decision::JobFacts;
+use crate::decision::{DiskFacts, DiskState, JobFacts};
 use crate::domain::{active_status_sql_list, nbd_export_name, JobStatus, RecoveryMethod, ReplicationType};
 
 /// A replication job row as the API returns it.
@@ -48,6 +48,8 @@ pub struct JobRow {
     pub recovery_method: Option<String>,
     pub vma_validated_at: Option<DateTime<Utc>>,
     pub polling_restarted_at: Option<DateTime<Utc>>,
+    /// A multi-disk job: the disks the OMA has seen copied (the VMA reports each one completed).
+    pub disks_completed: i32,
 }
 
 const JOB_COLUMNS: &str = "id, vm_context_id, source_vm_id, source_vm_name, source_vm_path, vcenter_host, \
@@ -55,7 +57,7 @@ const JOB_COLUMNS: &str = "id, vm_context_id, source_vm_id, source_vm_name, sour
     transfer_speed_bps, error_message, nbd_export_name, vma_sync_type, vma_current_phase, vma_throughput_mbps, \
     vma_eta_seconds, vma_last_poll_at, vma_error_classification, vma_error_details, setup_progress_percent, \
     created_at, updated_at, started_at, completed_at, recovery_attempted, recovery_attempted_at, recovery_method, \
-    vma_validated_at, polling_restarted_at";
+    vma_validated_at, polling_restarted_at, disks_completed";
 
 pub async fn get_job(pool: &MySqlPool, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM replication_jobs WHERE id = ?")))
@@ -96,6 +98,8 @@ pub struct UnfinishedJob {
     /// The owner's claim is active and its lease has not expired.
     pub poll_lease_live: bool,
     pub export_names: Vec<String>,
+    /// Its disks' capacities in unit order and how far a multi-disk copy got.
+    pub disks: DiskFacts,
 }
 
 impl UnfinishedJob {
@@ -108,6 +112,7 @@ impl UnfinishedJob {
             vma_last_poll_at: self.vma_last_poll_at,
             progress_changed_at: self.progress_changed_at,
             polling_started_at: self.started_polling_at,
+            disks: self.disks.clone(),
         }
     }
 
@@ -123,7 +128,10 @@ pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result
     let sql = format!(
         "SELECT j.id, j.vm_context_id, j.source_vm_name, j.status, j.progress_percent, j.bytes_transferred, \
          j.created_at, j.updated_at, j.vma_last_poll_at, j.progress_changed_at, p.started_polling_at, \
-         p.owner_instance, CAST(COALESCE(p.is_active = 1 AND p.lease_expires_at > NOW(3), 0) AS SIGNED) AS lease_live \
+         p.owner_instance, CAST(COALESCE(p.is_active = 1 AND p.lease_expires_at > NOW(3), 0) AS SIGNED) AS lease_live, \
+         j.disks_completed, j.disk_copy_seen, \
+         CAST((SELECT GROUP_CONCAT(d.capacity_bytes ORDER BY d.unit_number, d.id) FROM vm_disks d \
+             WHERE d.job_id = j.id) AS CHAR) AS disk_capacities \
          FROM replication_jobs j LEFT JOIN vma_polling_state p ON p.job_id = j.id \
          WHERE j.status IN ({}) {} ORDER BY j.updated_at ASC, j.id ASC",
         active_status_sql_list(),
@@ -155,9 +163,23 @@ pub async fn load_unfinished(pool: &MySqlPool, only_job: Option<&str>) -> Result
             poll_owner: row.try_get("owner_instance")?,
             poll_lease_live: row.try_get::<i64, _>("lease_live")? == 1,
             export_names: Vec::new(),
+            disks: DiskFacts {
+                capacities: parse_capacities(row.try_get::<Option<String>, _>("disk_capacities")?.as_deref()),
+                state: DiskState {
+                    completed: row.try_get::<i32, _>("disks_completed")?.max(0) as u32,
+                    in_copy: row.try_get::<bool, _>("disk_copy_seen")?,
+                },
+            },
         });
     }
     Ok(jobs)
+}
+
+/// `GROUP_CONCAT` of a job's disk capacities; a value that is not a number counts as unknown (0).
+fn parse_capacities(list: Option<&str>) -> Vec<i64> {
+    list.filter(|l| !l.is_empty())
+        .map(|l| l.split(',').map(|c| c.trim().parse().unwrap_or(0)).collect())
+        .unwrap_or_default()
 }
 
 /// Fill `export_names` of these jobs, in one query per 500 jobs.

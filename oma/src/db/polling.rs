@@ -11,6 +11,7 @@ use sqlx::mysql::{MySqlConnection, MySqlPool};
 use sqlx::{MySql, QueryBuilder, Row};
 
 use super::{push_id_list, retrying_lock_races, BATCH_ROWS};
+use crate::decision::DiskState;
 use crate::domain::{active_status_sql_list, JobStatus, ReplicationType};
 use crate::vma_client::VmaProgress;
 
@@ -20,6 +21,8 @@ pub struct ProgressWrite {
     pub job_id: String,
     pub progress: VmaProgress,
     pub progress_changed: bool,
+    /// A multi-disk job's count of copied disks after this poll.
+    pub disks: Option<DiskState>,
 }
 
 /// Write many polls in multi-row statements; rows of jobs that are no longer active are skipped.
@@ -41,7 +44,9 @@ pub async fn write_progress_batch(conn: &mut MySqlConnection, writes: &[Progress
             qb.push_bind(p.phase.clone()).push(" AS phase, ");
             qb.push_bind(p.throughput.current_mbps.max(0.0)).push(" AS mbps, ");
             qb.push_bind(p.timing.eta_seconds.clamp(0, i32::MAX as i64)).push(" AS eta, ");
-            qb.push_bind(w.progress_changed).push(" AS changed");
+            qb.push_bind(w.progress_changed).push(" AS changed, ");
+            qb.push_bind(w.disks.map(|d| d.completed as i64)).push(" AS disks_done, ");
+            qb.push_bind(w.disks.map(|d| d.in_copy)).push(" AS disk_copy_seen");
         }
         qb.push(format!(
             ") v ON j.id = v.id SET j.status = '{replicating}', \
@@ -51,6 +56,8 @@ pub async fn write_progress_batch(conn: &mut MySqlConnection, writes: &[Progress
              j.vma_throughput_mbps = v.mbps, j.vma_eta_seconds = v.eta, j.vma_last_poll_at = NOW(3), \
              j.updated_at = NOW(3), \
              j.progress_changed_at = IF(v.changed OR j.progress_changed_at IS NULL, NOW(3), j.progress_changed_at), \
+             j.disks_completed = GREATEST(j.disks_completed, COALESCE(v.disks_done, 0)), \
+             j.disk_copy_seen = COALESCE(v.disk_copy_seen, j.disk_copy_seen), \
              j.replication_type = CASE v.sync_type WHEN 'incremental' THEN '{incremental}' \
                  WHEN '' THEN j.replication_type ELSE '{initial}' END \
              WHERE j.status IN ({active})",

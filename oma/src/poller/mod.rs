@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::clock::every;
 use crate::db::{self, ProgressWrite, UnfinishedJob};
 use crate::decision::{decide, Decision, JobFacts, KeepReason};
-use crate::reconcile::{finalize, Caller, Outcome, Reconciled};
+use crate::reconcile::{finalize, log_disks_copied, Caller, Outcome, Reconciled};
 use crate::services::Services;
 use crate::vma_client::{LookupKey, Observation};
 use streak_log::{Streak, StreakLog};
@@ -323,13 +323,23 @@ impl Poller {
             Observation::Unavailable { .. } => "unavailable",
         });
         match &decision {
-            Decision::Keep { reason: KeepReason::Running, progress: Some(progress), progress_changed } => {
+            Decision::Keep {
+                reason: KeepReason::Running | KeepReason::DisksPending { .. },
+                progress: Some(progress),
+                progress_changed,
+                disks,
+            } => {
                 self.inner.polls_ok.fetch_add(1, Ordering::Relaxed);
                 debug!(job_id = %job_id, percent = progress.percentage, "VMA poll: running");
                 let mut failed_before = 0;
+                let mut disks_before = facts.disks.state;
                 let still_tracked = self.update_tracked(&job_id, |t| {
                     failed_before = std::mem::take(&mut t.unavailable_streak);
                     t.facts.observe_running(progress, *progress_changed, now);
+                    if let Some(state) = disks {
+                        disks_before = t.facts.disks.state;
+                        t.facts.disks.state = *state;
+                    }
                     if via.is_some() {
                         t.preferred = via.clone();
                     }
@@ -341,12 +351,21 @@ impl Poller {
                 if failed_before > 0 && self.admit_streak_line(Streak::Recovered) {
                     info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
                 }
+                if let (Some(state), true) = (disks, still_tracked) {
+                    log_disks_copied(
+                        &job_id,
+                        disks_before.completed,
+                        state.completed,
+                        facts.disks.capacities.len() as u32,
+                    );
+                }
                 if still_tracked {
-                    let _ = self.inner.writes.send(WriteMsg::Progress(ProgressWrite {
+                    let _ = self.inner.writes.send(WriteMsg::Progress(Box::new(ProgressWrite {
                         job_id: job_id.clone(),
                         progress: progress.clone(),
                         progress_changed: *progress_changed,
-                    }));
+                        disks: *disks,
+                    })));
                     let _ = self.inner.writes.send(WriteMsg::Polled { job_id: job_id.clone(), error: None });
                 }
                 self.finish(&job_id, true);

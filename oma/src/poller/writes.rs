@@ -30,7 +30,7 @@ const ACQUIRE_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) enum WriteMsg {
     /// A successful poll's progress.
-    Progress(ProgressWrite),
+    Progress(Box<ProgressWrite>),
     /// A poll's outcome for `vma_polling_state` (`error` is `None` for a successful one).
     Polled { job_id: String, error: Option<String> },
     /// Write what is pending and stop (shutdown).
@@ -49,7 +49,7 @@ impl Pending {
     pub(super) fn add(&mut self, msg: WriteMsg) -> bool {
         match msg {
             WriteMsg::Progress(p) => {
-                self.progress.insert(p.job_id.clone(), p);
+                self.progress.insert(p.job_id.clone(), *p);
             }
             WriteMsg::Polled { job_id, error } => match self.stats.get_mut(&job_id) {
                 Some(s) => s.record(error),
@@ -225,10 +225,11 @@ mod tests {
             job_id: job.into(),
             progress: crate::vma_client::VmaProgress::default(),
             progress_changed: false,
+            disks: None,
         };
-        assert!(p.add(WriteMsg::Progress(progress("a"))));
+        assert!(p.add(WriteMsg::Progress(Box::new(progress("a")))));
         assert!(!p.is_empty());
-        assert!(p.add(WriteMsg::Progress(progress("b"))));
+        assert!(p.add(WriteMsg::Progress(Box::new(progress("b")))));
         assert!(p.add(polled("a", None)));
         assert_eq!(p.jobs(), 2, "two jobs with progress, one of them with statistics");
         assert!(!p.add(WriteMsg::Close));

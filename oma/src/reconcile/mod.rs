@@ -225,6 +225,17 @@ async fn observe(services: &Services, job: UnfinishedJob) -> Observed {
     Observed { job, observation, via: lookup.via, decision }
 }
 
+/// One line a disk a multi-disk job finished (the VMA reports each one `completed`): why the job
+/// is not finalized although the VMA says so.
+pub fn log_disks_copied(job_id: &str, before: u32, now: u32, of: u32) {
+    for disk in before + 1..=now {
+        info!(
+            "💽 Job {job_id}: disk {disk} of {of} copied - the VMA reports \"completed\" after each disk; \
+             polling continues until all {of} disks are done"
+        );
+    }
+}
+
 /// A future's output and how long it took.
 async fn timed<F: std::future::Future>(phase: F) -> (F::Output, std::time::Duration) {
     let t = Instant::now();
@@ -247,7 +258,15 @@ async fn apply_keeps(
     }
     for &i in keeps {
         let o = &observed[i];
-        let Decision::Keep { reason, progress, .. } = &o.decision else { continue };
+        let Decision::Keep { reason, progress, disks, .. } = &o.decision else { continue };
+        if let Some(state) = disks {
+            log_disks_copied(
+                &o.job.id,
+                o.job.disks.state.completed,
+                state.completed,
+                o.job.disks.capacities.len() as u32,
+            );
+        }
         match reason {
             KeepReason::Running => info!(
                 "✅ Job {} still running on VMA ({:.1}%) - restarting polling",
@@ -262,6 +281,12 @@ async fn apply_keeps(
                 o.job.id,
                 minutes_since(services.clock.now(), o.job.facts().last_contact())
             ),
+            KeepReason::DisksPending { completed, of } => {
+                info!(
+                    "⏳ Job {} completed on VMA for {completed} of {of} disks only - not finalized; polling continues",
+                    o.job.id
+                )
+            }
         }
     }
     let mut to_track = Vec::new();
@@ -270,7 +295,7 @@ async fn apply_keeps(
     let mut results = Vec::with_capacity(keeps.len());
     for &i in keeps {
         let o = &observed[i];
-        let Decision::Keep { reason, progress, progress_changed } = &o.decision else { continue };
+        let Decision::Keep { reason, progress, progress_changed, disks } = &o.decision else { continue };
         let owned = claimed.is_some();
         if let Some(claimed_at) = claimed {
             let mut tracked = o.job.clone();
@@ -283,6 +308,9 @@ async fn apply_keeps(
                     tracked.progress_changed_at = Some(now);
                 }
             }
+            if let Some(state) = disks {
+                tracked.disks.state = *state;
+            }
             if tracked.started_polling_at.is_none() {
                 tracked.started_polling_at = Some(now);
             }
@@ -293,6 +321,7 @@ async fn apply_keeps(
                 job_id: o.job.id.clone(),
                 progress: p.clone(),
                 progress_changed: *progress_changed,
+                disks: *disks,
             });
         }
         if let Some(mark) = recovery_mark(caller, &o.observation, owned) {
@@ -301,8 +330,8 @@ async fn apply_keeps(
         results.push((
             i,
             match (reason, owned) {
-                (KeepReason::Running, true) => Outcome::PollingRestarted,
-                (KeepReason::Running, _) => Outcome::StillRunning,
+                (KeepReason::Running | KeepReason::DisksPending { .. }, true) => Outcome::PollingRestarted,
+                (KeepReason::Running | KeepReason::DisksPending { .. }, _) => Outcome::StillRunning,
                 (KeepReason::NotFoundWithinGrace, _) => Outcome::NotFoundWithinGrace,
                 (KeepReason::UnreachableRecent, _) => Outcome::UnreachableLeftForRetry,
             },

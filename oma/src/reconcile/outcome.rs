@@ -102,6 +102,9 @@ pub fn describe(decision: &Decision) -> String {
         Decision::Keep { reason: KeepReason::UnreachableRecent, .. } => {
             "leave for retry (VMA unreachable, job recent)".into()
         }
+        Decision::Keep { reason: KeepReason::DisksPending { completed, of }, .. } => {
+            format!("keep polling ({completed} of {of} disks copied)")
+        }
         Decision::Complete { assumed: false, .. } => "mark completed".into(),
         Decision::Complete { assumed: true, .. } => "mark completed (assumed: not found above threshold)".into(),
         Decision::Fail { class, .. } => format!("mark failed ({})", class.as_str()),
