@@ -13,7 +13,7 @@ use crate::lab::Lab;
 use oma_test_support::SeedJob;
 
 /// Log phrases worth showing: while a scenario plays, and as evidence in the sign-off report.
-pub const KEY_PHRASES: [&str; 14] = [
+pub const KEY_PHRASES: [&str; 15] = [
     "Starting intelligent job recovery",
     "No active jobs found",
     "active jobs requiring recovery",
@@ -21,6 +21,7 @@ pub const KEY_PHRASES: [&str; 14] = [
     "still running on VMA",
     "Successfully restarted",
     "completed on VMA",
+    "reports \"completed\" after each disk",
     "marked as",
     "VMA unreachable",
     "not found on VMA",
@@ -67,7 +68,7 @@ async fn walk(
     for job in &scenario.oma_jobs {
         let mut seed = SeedJob::replicating(&job.id, job.progress_percent, job.updated_minutes_ago);
         seed.status = job.status.clone();
-        seed.n_disks = job.disks;
+        seed.disk_bytes = scenario.disk_sizes(job);
         if job.never_polled {
             seed.last_poll_minutes_ago = None;
             seed.polling_started_minutes_ago = None;
@@ -165,9 +166,20 @@ async fn walk(
         for e in &scenario.expect {
             let row = lab.job(&e.job).await?;
             let fresh = row.vma_last_poll_at.is_some_and(|t| (chrono::Utc::now() - t).num_seconds() < 3);
-            let met = row.status.as_str() == e.status
+            let mut met = row.status.as_str() == e.status
                 && e.classification.as_deref().is_none_or(|c| row.vma_error_classification.as_deref() == Some(c))
                 && (!e.polled || fresh);
+            if met && e.all_disks_copied {
+                let disks = scenario.oma_jobs.iter().find(|j| j.id == e.job).map(|j| scenario.disk_sizes(j).len());
+                let view = lab.control.get_job(&e.job).await?;
+                met = view["status"] == "completed" && view["disk"].as_u64().map(|d| d as usize) == disks;
+                if !met {
+                    bail!(
+                        "job {} is {} while the VMA was at disk {} ({}) of {:?}: finalized before every disk was copied",
+                        e.job, row.status, view["disk"], view["status"], disks
+                    );
+                }
+            }
             all_met &= met;
         }
         // Expectations of an unfinished status must also hold over a short window.

@@ -50,6 +50,10 @@ pub struct OmaJob {
     /// The VMA job's export names are this job's `migration-vol-…` names.
     #[serde(default = "default_disks")]
     pub disks: usize,
+    /// Each disk's size in bytes, in unit order (instead of `disks` disks of 10 GiB); by default
+    /// the sizes of the VMA job of the same id when it is a `multi_disk` one.
+    #[serde(default)]
+    pub disk_sizes: Option<Vec<i64>>,
 }
 
 fn default_status() -> String {
@@ -70,6 +74,10 @@ pub struct Expectation {
     /// Expect the job to be polled (vma_last_poll_at fresh) at the end.
     #[serde(default)]
     pub polled: bool,
+    /// A `multi_disk` VMA job: expect the VMA to have copied every disk by then (the OMA stops
+    /// asking once it finalizes, so this fails when it finalized after an earlier disk).
+    #[serde(default)]
+    pub all_disks_copied: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +144,20 @@ impl Scenario {
                 source: SpecError { field: format!("faults.{}", e.field), message: e.message },
             })?;
         }
+        for (i, job) in self.oma_jobs.iter().enumerate() {
+            let bad = |field: &str, message: &str| ScenarioError::Spec {
+                line: 1,
+                source: SpecError { field: format!("oma_jobs[{i}].{field}"), message: message.into() },
+            };
+            if !(1..=64).contains(&job.disks) {
+                return Err(bad("disks", "must be 1 to 64"));
+            }
+            if let Some(sizes) = &job.disk_sizes {
+                if !(1..=64).contains(&sizes.len()) || sizes.iter().any(|b| *b <= 0) {
+                    return Err(bad("disk_sizes", "must list 1 to 64 sizes in bytes, each above 0"));
+                }
+            }
+        }
         for (i, step) in self.timeline.iter().enumerate() {
             let line = line_of(text, step.span().start);
             step.get_ref().action().map_err(|e| ScenarioError::Spec {
@@ -148,6 +170,19 @@ impl Scenario {
 
     pub fn job_specs(&self) -> impl Iterator<Item = &JobSpec> {
         self.jobs.iter().map(|j| j.get_ref())
+    }
+
+    /// The disk sizes of an OMA job: its own `disk_sizes`, else those of the `multi_disk` VMA job
+    /// of the same id, else `disks` disks of 10 GiB.
+    pub fn disk_sizes(&self, job: &OmaJob) -> Vec<i64> {
+        if let Some(sizes) = &job.disk_sizes {
+            return sizes.clone();
+        }
+        let vma = self.job_specs().find(|s| s.id.as_deref() == Some(job.id.as_str()) && s.mode == "multi_disk");
+        match vma.and_then(|s| s.disks.clone()) {
+            Some(sizes) => sizes,
+            None => vec![10 * 1024 * 1024 * 1024; job.disks],
+        }
     }
 
     /// Timeline steps in time order, each with its offset from the start.
@@ -249,5 +284,20 @@ down_for = "1s"
         let text = "name = \"x\"\n[[timeline]]\nat = \"1s\"\naction = \"explode\"\n";
         let e = Scenario::parse(text).unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("timeline[0].action"), "{e}");
+        let text = "name = \"x\"\n[[oma_jobs]]\nid = \"j\"\ndisk_sizes = [10, 0]\n";
+        let e = Scenario::parse(text).unwrap_err().to_string();
+        assert!(e.contains("oma_jobs[0].disk_sizes"), "{e}");
+        let text = "name = \"x\"\n[[oma_jobs]]\nid = \"j\"\ndisks = 0\n";
+        let e = Scenario::parse(text).unwrap_err().to_string();
+        assert!(e.contains("oma_jobs[0].disks"), "{e}");
+    }
+
+    #[test]
+    fn an_oma_job_takes_its_disk_sizes_from_the_multi_disk_vma_job() {
+        let text = "name = \"x\"\n[[oma_jobs]]\nid = \"j\"\n[[oma_jobs]]\nid = \"k\"\ndisks = 2\n\
+                    [[jobs]]\nid = \"j\"\nmode = \"multi_disk\"\ndisks = [5, 7]\nrate_per_poll = 10\n";
+        let s = Scenario::parse(text).unwrap();
+        assert_eq!(s.disk_sizes(&s.oma_jobs[0]), vec![5, 7]);
+        assert_eq!(s.disk_sizes(&s.oma_jobs[1]), vec![10 << 30; 2]);
     }
 }

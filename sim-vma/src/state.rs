@@ -113,6 +113,9 @@ pub struct JobView {
     pub total_bytes: i64,
     pub polls: u64,
     pub pending_transitions: usize,
+    /// `multi_disk`: the disk being copied, or the last one done (1 for the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<usize>,
 }
 
 impl JobView {
@@ -129,6 +132,7 @@ impl JobView {
             total_bytes: job.total_bytes,
             polls: job.polls,
             pending_transitions: job.transitions.len(),
+            disk: matches!(job.mode, Mode::MultiDisk(_)).then_some(job.disk_index + 1),
         }
     }
 }

@@ -24,8 +24,12 @@ pub struct SeedJob {
     pub progress_changed_minutes_ago: Option<f64>,
     /// A `vma_polling_state` row of a dead OMA, polling since this long ago.
     pub polling_started_minutes_ago: Option<f64>,
-    pub n_disks: usize,
+    /// Each disk's capacity in bytes, in unit order (one 10 GiB disk unless set).
+    pub disk_bytes: Vec<i64>,
 }
+
+/// The capacity of a seeded disk unless the job says otherwise.
+pub const DISK_BYTES: i64 = 10 * 1024 * 1024 * 1024;
 
 impl SeedJob {
     pub fn replicating(id: &str, progress: f64, updated_minutes_ago: f64) -> SeedJob {
@@ -40,7 +44,7 @@ impl SeedJob {
             last_poll_minutes_ago: Some(updated_minutes_ago),
             progress_changed_minutes_ago: Some(updated_minutes_ago),
             polling_started_minutes_ago: Some(updated_minutes_ago + 4.0),
-            n_disks: 1,
+            disk_bytes: vec![DISK_BYTES],
         }
     }
 }
@@ -86,20 +90,24 @@ pub async fn seed_job(pool: &MySqlPool, job: &SeedJob) -> anyhow::Result<Vec<Str
     .execute(pool)
     .await?;
     let mut names = Vec::new();
-    for i in 0..job.n_disks {
+    for (i, &bytes) in job.disk_bytes.iter().enumerate() {
         let volume_id = uuid::Uuid::new_v4().to_string();
-        let vol = sqlx::query("INSERT INTO ossea_volumes (vm_context_id, volume_id, volume_name, size_gb, status) VALUES (?, ?, ?, 10, 'attached')")
+        let gib = (bytes + (1 << 30) - 1) >> 30;
+        let vol = sqlx::query("INSERT INTO ossea_volumes (vm_context_id, volume_id, volume_name, size_gb, status) VALUES (?, ?, ?, ?, 'attached')")
             .bind(&ctx)
             .bind(&volume_id)
             .bind(format!("{}-disk-{i}", job.vm_name))
+            .bind(gib)
             .execute(pool)
             .await?
             .last_insert_id();
-        sqlx::query("INSERT INTO vm_disks (vm_context_id, job_id, disk_id, unit_number, capacity_bytes, size_gb, ossea_volume_id) VALUES (?, ?, ?, ?, 10737418240, 10, ?)")
+        sqlx::query("INSERT INTO vm_disks (vm_context_id, job_id, disk_id, unit_number, capacity_bytes, size_gb, ossea_volume_id) VALUES (?, ?, ?, ?, ?, ?, ?)")
             .bind(&ctx)
             .bind(&job.id)
             .bind(format!("disk-{}", 2000 + i))
             .bind(i as i32)
+            .bind(bytes)
+            .bind(gib)
             .bind(vol as i64)
             .execute(pool)
             .await?;

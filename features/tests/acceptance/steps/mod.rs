@@ -2,6 +2,7 @@
 
 mod api;
 mod database_faults;
+mod disks;
 mod job_state;
 mod logs;
 mod oma;

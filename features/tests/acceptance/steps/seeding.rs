@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::OmaWorld;
 
-fn next_job_id(world: &mut OmaWorld) -> String {
+pub(super) fn next_job_id(world: &mut OmaWorld) -> String {
     world.vm_counter += 1;
     format!("job-20251003-140000.{:03}-{}", world.vm_counter, &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
