@@ -57,9 +57,12 @@ pub fn allowed_outcomes(record: &JobRecord, vma_restarts: &[DateTime<Utc>]) -> V
         _ => {}
     }
     if cut.is_some() && !out.contains(&LOST) {
-        // The VMA forgot the job: not found, below 90 % as far as the OMA knows.
+        // The VMA forgot the job: not found, below 90 % as far as the OMA knows, or above it when
+        // the VMA had passed 90 % by then and the OMA saw it.
         out.push(LOST);
-        if matches!(record.plan.vma, VmaScript::Vanishes { percent, .. } if percent > 90.0) {
+        let high = matches!(record.plan.vma, VmaScript::Vanishes { percent, .. } if percent > 90.0)
+            || record.vma_percent_when_forgotten.is_some_and(|p| p > 90.0);
+        if high && !out.contains(&COMPLETED) {
             out.push(COMPLETED);
         }
     }
@@ -331,6 +334,7 @@ mod tests {
             id: Some("job-1".into()),
             created_with: Some(201),
             script_from: Some(t(0)),
+            vma_percent_when_forgotten: None,
         }
     }
 
@@ -355,6 +359,20 @@ mod tests {
         let low = VmaScript::Vanishes { percent: 40.0, after_ms: 100, http200: true };
         assert_eq!(allowed_outcomes(&record(low, Origin::Seeded), &[t(50)]), vec![LOST]);
         assert_eq!(allowed_outcomes(&record(VmaScript::Stalls { after_ms: 100 }, Origin::Api), &[]), vec![STALLED]);
+    }
+
+    /// A long run (the soak): a ramp passes 90 % before the VMA restarts, so the OMA may assume the
+    /// forgotten job completed; below 90 % it may not.
+    #[test]
+    fn a_job_forgotten_above_90_percent_may_be_assumed_completed() {
+        let mut runs_on = record(VmaScript::RunsOn, Origin::Seeded);
+        runs_on.vma_percent_when_forgotten = Some(93.5);
+        assert_eq!(allowed_outcomes(&runs_on, &[t(10)]), vec![LOST, COMPLETED]);
+        runs_on.vma_percent_when_forgotten = Some(90.0);
+        assert_eq!(allowed_outcomes(&runs_on, &[t(10)]), vec![LOST]);
+        let mut completes = record(VmaScript::Completes { after_ms: 1000 }, Origin::Api);
+        completes.vma_percent_when_forgotten = Some(95.0);
+        assert_eq!(allowed_outcomes(&completes, &[t(500)]), vec![LOST, COMPLETED]);
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub struct JobRecord {
     pub created_with: Option<u16>,
     /// When sim-vma was given the job's script.
     pub script_from: Option<DateTime<Utc>>,
+    /// The VMA's percentage for the job when a VMA restart forgot it: above 90 % the OMA may
+    /// assume it completed (its scripted ramp can pass 90 % in a long run).
+    pub vma_percent_when_forgotten: Option<f64>,
 }
 
 pub struct World {
@@ -210,7 +213,13 @@ impl World {
             started_at: Utc::now(),
         };
         for plan in world.schedule.jobs.clone() {
-            let mut record = JobRecord { plan: plan.clone(), id: None, created_with: None, script_from: None };
+            let mut record = JobRecord {
+                plan: plan.clone(),
+                id: None,
+                created_with: None,
+                script_from: None,
+                vma_percent_when_forgotten: None,
+            };
             if plan.origin == Origin::Seeded {
                 let mut seed = SeedJob::replicating(&plan.name, plan.start_percent, 0.5);
                 seed.bytes_transferred = (plan.start_percent * 1e8) as i64;
@@ -359,6 +368,16 @@ impl World {
                 Some(Ending::VmaFault)
             }
             Event::VmaRestart { down_ms } => {
+                let before = self.sim.state.list_jobs();
+                {
+                    let mut records = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                    for view in before {
+                        let record = records.iter_mut().find(|r| r.id.as_deref() == Some(view.job_id.as_str()));
+                        if let Some(r) = record.filter(|r| r.vma_percent_when_forgotten.is_none()) {
+                            r.vma_percent_when_forgotten = Some(view.percentage);
+                        }
+                    }
+                }
                 self.sim.state.restart(Some(Duration::from_millis(down_ms)).filter(|d| !d.is_zero()));
                 self.mark(&format!("VMA restarted, every job forgotten, down {down_ms} ms"), Some("vma"), true);
                 Some(Ending::VmaBack)
