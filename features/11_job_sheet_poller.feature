@@ -41,6 +41,18 @@ Feature: Job sheet - poller error detection, health monitor and no duplicate pol
     And no two polls of the job overlap
     And the job is polled every interval
 
+  Scenario: A job created through the API while the health monitor checks is not taken for an orphan
+    # Found by looping the suite with a core busy: the startup scan loaded a job the API had
+    # written but not yet tracked, and "recovered" it (recovery metadata on a new job).
+    Given the health monitor checks every 100 ms
+    And the OMA holds each new job 1 s between writing it and polling it
+    And the OMA API is running
+    When a replication job was started through the API
+    Then the job's progress reaches 1%
+    And the job has no recovery metadata
+    And the logs do not show "Found job not being polled"
+    And the OMA's metrics count no recoveries
+
   Scenario: The health monitor names ten orphaned jobs a round and counts the rest
     Given the OMA API is running
     When 25 jobs no poller owns appear at once

@@ -1,5 +1,6 @@
 //! Failpoints for tests of the real process: `OMA_FAILPOINT=<name>` makes the named place fail
-//! (panic) so a test can check what the supervisor does about it. Debug builds only: a release
+//! (panic, or pause: `create-pause` holds a new job 1 s between its commit and its tracking) so a
+//! test can check what the supervisor or a scan does about it. Debug builds only: a release
 //! build ignores the variable.
 
 /// Whether failpoint `name` is switched on in this process.

@@ -57,7 +57,7 @@ impl HealthMonitor {
         let mut orphans = Vec::new();
         for job in jobs {
             let stale = job.vma_last_poll_at.is_none_or(|t| now - t > stale_after);
-            if self.poller.is_polling(&job.id) {
+            if self.poller.is_spoken_for(&job.id) {
                 if stale {
                     tick.slow_but_polled += 1;
                     if tick.slow_but_polled <= NAMED_PER_ROUND {

@@ -181,7 +181,7 @@ pub async fn scan(
     let jobs = db::load_unfinished(&services.pool, None).await?;
     let (mut todo, skipped): (Vec<_>, Vec<_>) = jobs
         .into_iter()
-        .partition(|j| !(j.owned_elsewhere(&services.instance_id) || poller.is_some_and(|p| p.is_polling(&j.id))));
+        .partition(|j| !(j.owned_elsewhere(&services.instance_id) || poller.is_some_and(|p| p.is_spoken_for(&j.id))));
     let skipped_being_polled: Vec<String> = skipped.into_iter().map(|j| j.id).collect();
     db::attach_export_names(&services.pool, &mut todo).await?;
     if todo.is_empty() {

@@ -202,6 +202,9 @@ pub async fn create_replication(
         .or_else(|| Some(vm.datacenter.clone()).filter(|d| !d.is_empty()))
         .unwrap_or_else(|| "datacenter".to_string());
     let job_id = new_job_id();
+    // Before the row is visible: a recovery scan or health check running meanwhile must not take
+    // the job for one a previous OMA left.
+    let _starting = poller.starting(&job_id);
     let disks: Vec<SourceDisk> = if vm.disks.is_empty() {
         vec![SourceDisk { id: "disk-2000".into(), ..SourceDisk::default() }]
     } else {
@@ -314,6 +317,10 @@ pub async fn create_replication(
     .await?;
     tx.commit().await?;
     info!(job_id = %job_id, context_id = %context_id, vm = %vm.name, "Replication job created");
+    if crate::failpoint::active("create-pause") {
+        // Tests widen the window between the row's commit and its tracking.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 
     let request_body = ReplicateRequest {
         job_id: job_id.clone(),

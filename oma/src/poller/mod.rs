@@ -102,6 +102,21 @@ struct PollerState {
     streak_log: Mutex<StreakLog>,
     /// Jobs not dispatched at the last tick because their lease could not be renewed in time.
     paused: AtomicU64,
+    /// Jobs this process is creating (`POST /api/v1/replications`): in the database already,
+    /// tracked a moment later. No scan may take them for orphans meanwhile.
+    starting: Mutex<HashSet<String>>,
+}
+
+/// A job being created by this process, until the guard drops (tracked by then, or failed).
+pub struct Starting {
+    poller: Poller,
+    job_id: String,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.poller.inner.starting.lock().expect("poller lock").remove(&self.job_id);
+    }
 }
 
 /// Cheap to clone; all clones share one set of tracked jobs.
@@ -155,6 +170,7 @@ impl Poller {
                 polls_ok: AtomicU64::new(0),
                 streak_log: Mutex::new(StreakLog::new(interval, Instant::now())),
                 paused: AtomicU64::new(0),
+                starting: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -224,6 +240,17 @@ impl Poller {
 
     pub fn is_polling(&self, job_id: &str) -> bool {
         self.inner.jobs.lock().expect("poller lock").contains_key(job_id)
+    }
+
+    /// Announce a job this process is about to create and poll; call before its row is visible.
+    pub fn starting(&self, job_id: &str) -> Starting {
+        self.inner.starting.lock().expect("poller lock").insert(job_id.to_string());
+        Starting { poller: self.clone(), job_id: job_id.to_string() }
+    }
+
+    /// Polled here, or being created here and polled a moment later: not an orphan.
+    pub fn is_spoken_for(&self, job_id: &str) -> bool {
+        self.is_polling(job_id) || self.inner.starting.lock().expect("poller lock").contains(job_id)
     }
 
     pub fn active_job_ids(&self) -> Vec<String> {

@@ -101,6 +101,13 @@ async fn json_logs(world: &mut OmaWorld) {
     config(world).log_format = "json";
 }
 
+/// The `create-pause` failpoint: the window in which a new job is in the database but not yet
+/// tracked by the poller, one second wide instead of a few milliseconds.
+#[given(regex = r"^the OMA holds each new job 1 s between writing it and polling it$")]
+async fn create_pause(world: &mut OmaWorld) {
+    config(world).extra_env.push(("OMA_FAILPOINT".into(), "create-pause".into()));
+}
+
 #[given(regex = r"^the health monitor checks every (\d+) ms$")]
 async fn health_interval(world: &mut OmaWorld, ms: u64) {
     config(world).health_interval = Duration::from_millis(ms);
