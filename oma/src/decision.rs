@@ -53,8 +53,17 @@ impl DiskFacts {
         self.capacities.len() > 1
     }
 
-    fn count(&self) -> u32 {
+    /// How many disks the job has.
+    pub fn count(&self) -> u32 {
         self.capacities.len() as u32
+    }
+
+    /// The disks (numbered from 1) a decision taken on these facts counts newly copied.
+    pub fn copied_by(&self, decision: &Decision) -> std::ops::Range<u32> {
+        match decision {
+            Decision::Keep { disks: Some(after), .. } => self.state.completed + 1..after.completed + 1,
+            _ => 0..0,
+        }
     }
 
     /// Every capacity is known.
@@ -159,6 +168,19 @@ impl JobFacts {
         self.updated_at = now;
         if changed || self.progress_changed_at.is_none() {
             self.progress_changed_at = Some(now);
+        }
+    }
+
+    /// What a `Keep` decision teaches about the job: its progress ([`JobFacts::observe_running`])
+    /// and the count of copied disks it leaves.
+    pub fn observe_keep(&mut self, decision: &Decision, now: DateTime<Utc>) {
+        if let Decision::Keep { progress, progress_changed, disks, .. } = decision {
+            if let Some(progress) = progress {
+                self.observe_running(progress, *progress_changed, now);
+            }
+            if let Some(state) = disks {
+                self.disks.state = *state;
+            }
         }
     }
 }
@@ -796,6 +818,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_keep_teaches_progress_and_the_disks_it_counts_copied() {
+        // A completion naming disk 3 of 4 while disk 1 was copying: disks 1 to 3 are newly copied.
+        let mut facts = disks(&[100, 200, 300, 400], 0, true);
+        let decision = decide(&facts, &disk_done(300), now(), &DecisionConfig::default());
+        assert_eq!(facts.disks.copied_by(&decision), 1..4, "{decision:?}");
+        facts.observe_keep(&decision, now());
+        assert_eq!(facts.disks.state.completed, 3);
+        assert_eq!((facts.bytes_transferred, facts.vma_last_poll_at), (600, Some(now())));
+        // Nothing more is counted by the same answer again.
+        let again = decide(&disks(&[100, 200, 300, 400], 3, false), &disk_done(300), now(), &Default::default());
+        assert!(disks(&[100, 200, 300, 400], 3, false).disks.copied_by(&again).is_empty(), "{again:?}");
+        // A keep without an answer (not found within the grace) changes nothing.
+        let mut quiet = job(JobStatus::Replicating, 40.0);
+        let before = quiet.clone();
+        let grace = Decision::Keep {
+            reason: KeepReason::NotFoundWithinGrace,
+            progress: None,
+            progress_changed: false,
+            disks: None,
+        };
+        quiet.observe_keep(&grace, now() + secs(5));
+        assert_eq!(quiet, before);
+        assert!(quiet.disks.copied_by(&grace).is_empty());
     }
 
     #[test]

@@ -116,6 +116,18 @@ impl UnfinishedJob {
         }
     }
 
+    /// Take on what was learned about the job ([`JobFacts::observe_keep`]).
+    pub fn set_facts(&mut self, facts: JobFacts) {
+        self.status = facts.status;
+        self.progress_percent = facts.progress_percent;
+        self.bytes_transferred = facts.bytes_transferred;
+        self.updated_at = facts.updated_at;
+        self.vma_last_poll_at = facts.vma_last_poll_at;
+        self.progress_changed_at = facts.progress_changed_at;
+        self.started_polling_at = facts.polling_started_at;
+        self.disks = facts.disks;
+    }
+
     /// Owned by a live poller of another process.
     pub fn owned_elsewhere(&self, me: &str) -> bool {
         self.poll_lease_live && self.poll_owner.as_deref() != Some(me)

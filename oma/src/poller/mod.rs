@@ -359,14 +359,11 @@ impl Poller {
                 self.inner.polls_ok.fetch_add(1, Ordering::Relaxed);
                 debug!(job_id = %job_id, percent = progress.percentage, "VMA poll: running");
                 let mut failed_before = 0;
-                let mut disks_before = facts.disks.state;
+                let mut copied = 0..0;
                 let still_tracked = self.update_tracked(&job_id, |t| {
                     failed_before = std::mem::take(&mut t.unavailable_streak);
-                    t.facts.observe_running(progress, *progress_changed, now);
-                    if let Some(state) = disks {
-                        disks_before = t.facts.disks.state;
-                        t.facts.disks.state = *state;
-                    }
+                    copied = t.facts.disks.copied_by(&decision);
+                    t.facts.observe_keep(&decision, now);
                     if via.is_some() {
                         t.preferred = via.clone();
                     }
@@ -378,13 +375,8 @@ impl Poller {
                 if failed_before > 0 && self.admit_streak_line(Streak::Recovered) {
                     info!("✅ VMA polling works again for job {job_id} after {failed_before} failed polls");
                 }
-                if let (Some(state), true) = (disks, still_tracked) {
-                    log_disks_copied(
-                        &job_id,
-                        disks_before.completed,
-                        state.completed,
-                        facts.disks.capacities.len() as u32,
-                    );
+                if still_tracked {
+                    log_disks_copied(&job_id, copied, facts.disks.count());
                 }
                 if still_tracked {
                     let _ = self.inner.writes.send(WriteMsg::Progress(Box::new(ProgressWrite {

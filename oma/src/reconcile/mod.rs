@@ -227,8 +227,9 @@ async fn observe(services: &Services, job: UnfinishedJob) -> Observed {
 
 /// One line a disk a multi-disk job finished (the VMA reports each one `completed`): why the job
 /// is not finalized although the VMA says so.
-pub fn log_disks_copied(job_id: &str, before: u32, now: u32, of: u32) {
-    for disk in before + 1..=now {
+/// `copied`: from [`crate::decision::DiskFacts::copied_by`]; `of`: the job's count of disks.
+pub fn log_disks_copied(job_id: &str, copied: std::ops::Range<u32>, of: u32) {
+    for disk in copied {
         info!(
             "💽 Job {job_id}: disk {disk} of {of} copied - the VMA reports \"completed\" after each disk; \
              polling continues until all {of} disks are done"
@@ -258,15 +259,8 @@ async fn apply_keeps(
     }
     for &i in keeps {
         let o = &observed[i];
-        let Decision::Keep { reason, progress, disks, .. } = &o.decision else { continue };
-        if let Some(state) = disks {
-            log_disks_copied(
-                &o.job.id,
-                o.job.disks.state.completed,
-                state.completed,
-                o.job.disks.capacities.len() as u32,
-            );
-        }
+        let Decision::Keep { reason, progress, .. } = &o.decision else { continue };
+        log_disks_copied(&o.job.id, o.job.disks.copied_by(&o.decision), o.job.disks.count());
         match reason {
             KeepReason::Running => info!(
                 "✅ Job {} still running on VMA ({:.1}%) - restarting polling",
@@ -300,17 +294,9 @@ async fn apply_keeps(
         if let Some(claimed_at) = claimed {
             let mut tracked = o.job.clone();
             let now = services.clock.now();
-            if let Some(p) = progress {
-                tracked.progress_percent = tracked.progress_percent.max(p.percentage);
-                tracked.bytes_transferred = p.bytes_transferred;
-                tracked.vma_last_poll_at = Some(now);
-                if *progress_changed {
-                    tracked.progress_changed_at = Some(now);
-                }
-            }
-            if let Some(state) = disks {
-                tracked.disks.state = *state;
-            }
+            let mut facts = tracked.facts();
+            facts.observe_keep(&o.decision, now);
+            tracked.set_facts(facts);
             if tracked.started_polling_at.is_none() {
                 tracked.started_polling_at = Some(now);
             }
