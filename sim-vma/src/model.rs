@@ -34,7 +34,7 @@ pub enum Mode {
     },
     /// Disks copied one after another under one job id, as migratekit does (reference §10,
     /// defect 13): each disk runs from 0 to 100 % with `total_bytes` its own size, and the job
-    /// then answers `completed` at 100 % for `pause_polls` polls before the next disk starts.
+    /// then answers `completed` at 100 % for a pause before the next disk starts.
     MultiDisk(Disks),
 }
 
@@ -43,10 +43,11 @@ pub enum Mode {
 pub struct Disks {
     /// Each disk's size in bytes, in copy order.
     pub sizes: Vec<i64>,
-    /// Percent of the current disk copied per poll.
-    pub rate_per_poll: f64,
-    /// Polls answered `completed` between one disk and the next.
-    pub pause_polls: u64,
+    /// How the current disk moves: percent of it per poll, or per second of the mode (then the
+    /// copy goes on while nobody polls, as the real VMA's does).
+    pub rate: Rate,
+    /// How long the job answers `completed` between one disk and the next.
+    pub pause: Trigger,
     /// Send `disk_progresses` (one entry per disk started, no `disk_id`, as migratekit sends it);
     /// off by default: the real VMA omits the list when it has no per-disk entries.
     pub disk_progresses: bool,
@@ -128,7 +129,7 @@ pub enum Rate {
 }
 
 /// When a transition fires: after N polls in the current mode, or after a time in it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     AfterPolls(u64),
@@ -280,10 +281,19 @@ impl Job {
 
     /// One poll of a multi-disk job: the current disk moves on, is done (`completed`, 100 %, as
     /// migratekit reports each disk), or after the pause the next disk starts.
-    fn disk_poll(&mut self) {
+    fn disk_poll(&mut self, now: DateTime<Utc>) {
         let Mode::MultiDisk(disks) = &self.mode else { return };
-        let (rate, pause, next) =
-            (disks.rate_per_poll, disks.pause_polls, disks.sizes.get(self.disk_index + 1).copied());
+        let (rate, pause) = match (disks.rate, disks.pause) {
+            (Rate::PerPoll(rate), Trigger::AfterPolls(pause)) => (rate, pause),
+            (Rate::PerSecond(rate), Trigger::AfterMillis(pause_ms)) => {
+                let elapsed_ms = (now - self.mode_started_at).num_milliseconds().max(0) as f64;
+                let sizes = disks.sizes.clone();
+                self.disk_at(&sizes, rate, pause_ms as f64, elapsed_ms);
+                return;
+            }
+            _ => return,
+        };
+        let next = disks.sizes.get(self.disk_index + 1).copied();
         if self.status == "completed" {
             let Some(size) = next else { return };
             self.disk_pause += 1;
@@ -303,13 +313,35 @@ impl Job {
         }
     }
 
+    /// A time-driven multi-disk job `elapsed_ms` into its copy: each disk takes `100 / rate`
+    /// seconds, then `pause_ms` answered `completed` before the next; done for good after the last.
+    fn disk_at(&mut self, sizes: &[i64], rate: f64, pause_ms: f64, elapsed_ms: f64) {
+        let disk_ms = 100_000.0 / rate;
+        let cycle = disk_ms + pause_ms;
+        let index = ((elapsed_ms / cycle).floor() as usize).min(sizes.len() - 1);
+        let into = elapsed_ms - index as f64 * cycle;
+        if index != self.disk_index || self.total_bytes != sizes[index] {
+            self.disk_index = index;
+            self.start_disk(sizes[index]);
+        }
+        if into >= disk_ms {
+            self.status = "completed".into();
+            self.percent = 100.0;
+            self.bytes_transferred = self.total_bytes;
+            self.throughput_bps = 0.0;
+        } else {
+            self.percent = (into * 100.0 / disk_ms).clamp(0.0, 100.0);
+            self.bytes_transferred = (self.total_bytes as f64 * self.percent / 100.0) as i64;
+        }
+    }
+
     /// Count one poll and move the ramp along. Call before rendering the answer.
     pub fn on_poll(&mut self, now: DateTime<Utc>) {
         self.apply_transitions(now);
         self.polls += 1;
         self.polls_in_mode += 1;
         if matches!(self.mode, Mode::MultiDisk(_)) {
-            self.disk_poll();
+            self.disk_poll(now);
             return;
         }
         let ramp = match &self.mode {
@@ -428,7 +460,12 @@ mod tests {
 
     #[test]
     fn multi_disk_reports_completed_after_each_disk_then_starts_the_next() {
-        let disks = Disks { sizes: vec![100, 200, 300], rate_per_poll: 50.0, pause_polls: 2, disk_progresses: false };
+        let disks = Disks {
+            sizes: vec![100, 200, 300],
+            rate: Rate::PerPoll(50.0),
+            pause: Trigger::AfterPolls(2),
+            disk_progresses: false,
+        };
         let mut job = Job::new("j", vec![], Mode::MultiDisk(disks), vec![], t0());
         let mut seen = Vec::new();
         for _ in 0..14 {
@@ -445,6 +482,30 @@ mod tests {
         assert_eq!(s(10), (2, "in_progress", 50.0, 150, 300));
         assert_eq!(s(11), (2, "completed", 100.0, 300, 300));
         assert_eq!(s(13), (2, "completed", 100.0, 300, 300), "done for good after the last disk");
+    }
+
+    /// With a rate per second the disks move while nobody polls: a poll after a long gap finds the
+    /// copy where the time says, whichever disk that is.
+    #[test]
+    fn a_time_driven_multi_disk_job_moves_without_polls() {
+        let disks = Disks {
+            sizes: vec![100, 200, 300],
+            rate: Rate::PerSecond(50.0), // 2 s a disk
+            pause: Trigger::AfterMillis(500),
+            disk_progresses: false,
+        };
+        let mut job = Job::new("j", vec![], Mode::MultiDisk(disks), vec![], t0());
+        let mut at = |ms: i64| {
+            job.on_poll(t0() + chrono::Duration::milliseconds(ms));
+            (job.disk_index, job.status.clone(), job.percent, job.bytes_transferred, job.total_bytes)
+        };
+        let s = |x: &(usize, String, f64, i64, i64)| (x.0, x.1.clone(), x.2, x.3, x.4);
+        assert_eq!(s(&at(1000)), (0, "in_progress".into(), 50.0, 50, 100));
+        assert_eq!(s(&at(2200)), (0, "completed".into(), 100.0, 100, 100), "disk 1 done, in the pause");
+        assert_eq!(s(&at(3500)), (1, "in_progress".into(), 50.0, 100, 200), "disk 2 half way");
+        assert_eq!(s(&at(6500)), (2, "in_progress".into(), 75.0, 225, 300), "disk 3, disk 2's end missed");
+        assert_eq!(s(&at(7000)), (2, "completed".into(), 100.0, 300, 300), "the last disk: done");
+        assert_eq!(s(&at(60_000)), (2, "completed".into(), 100.0, 300, 300), "done for good");
     }
 
     #[test]

@@ -52,8 +52,12 @@ pub struct JobSpec {
     pub after: Option<String>,
     /// `multi_disk`: each disk's size in bytes, in copy order (2 to 64 disks).
     pub disks: Option<Vec<i64>>,
-    /// `multi_disk`: polls answered `completed` between one disk and the next (default 2).
+    /// `multi_disk` with `rate_per_poll`: polls answered `completed` between one disk and the
+    /// next (default 2).
     pub pause_polls: Option<u64>,
+    /// `multi_disk` with `rate_per_second`: time answered `completed` between one disk and the
+    /// next, e.g. "300ms" (default 500ms).
+    pub pause: Option<String>,
     /// `multi_disk`: send `disk_progresses` (default false, as migratekit's VMA mostly does).
     pub disk_progresses: Option<bool>,
 }
@@ -157,31 +161,57 @@ impl JobSpec {
                 if let Some(bad) = sizes.iter().find(|s| **s <= 0) {
                     return Err(err(f("disks"), format!("sizes must be more than 0 bytes, got {bad}")));
                 }
-                let rate_per_poll = match self.rate_per_poll {
-                    Some(r) if r > 0.0 && r <= 100.0 => r,
-                    Some(r) => {
-                        return Err(err(f("rate_per_poll"), format!("must be more than 0 and at most 100, got {r}")))
+                let in_range = |field: &str, r: f64| {
+                    if r > 0.0 && r <= 100.0 {
+                        Ok(r)
+                    } else {
+                        Err(err(f(field), format!("must be more than 0 and at most 100, got {r}")))
                     }
-                    None => {
+                };
+                let (rate, pause) = match (self.rate_per_poll, self.rate_per_second) {
+                    (Some(r), None) => {
+                        if self.pause.is_some() {
+                            return Err(err(
+                                f("pause"),
+                                "goes with rate_per_second; with rate_per_poll use pause_polls",
+                            ));
+                        }
+                        let pause_polls = self.pause_polls.unwrap_or(2);
+                        if pause_polls > 1000 {
+                            return Err(err(f("pause_polls"), format!("must be at most 1000, got {pause_polls}")));
+                        }
+                        (Rate::PerPoll(in_range("rate_per_poll", r)?), Trigger::AfterPolls(pause_polls))
+                    }
+                    (None, Some(r)) => {
+                        if self.pause_polls.is_some() {
+                            return Err(err(
+                                f("pause_polls"),
+                                "goes with rate_per_poll; with rate_per_second use pause",
+                            ));
+                        }
+                        let pause = match &self.pause {
+                            Some(p) => parse_duration(&f("pause"), p)?,
+                            None => Duration::from_millis(500),
+                        };
+                        if pause > Duration::from_secs(3600) {
+                            return Err(err(f("pause"), format!("must be at most 1h, got {:?}", pause)));
+                        }
+                        (
+                            Rate::PerSecond(in_range("rate_per_second", r)?),
+                            Trigger::AfterMillis(pause.as_millis() as u64),
+                        )
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(err(f("rate_per_second"), "give rate_per_poll or rate_per_second, not both"))
+                    }
+                    (None, None) => {
                         return Err(err(
                             f("rate_per_poll"),
-                            "is required for mode multi_disk (percent of a disk per poll)",
+                            "is required for mode multi_disk (percent of a disk per poll), or rate_per_second",
                         ))
                     }
                 };
-                if self.rate_per_second.is_some() {
-                    return Err(err(f("rate_per_second"), "mode multi_disk moves per poll: use rate_per_poll"));
-                }
-                let pause_polls = self.pause_polls.unwrap_or(2);
-                if pause_polls > 1000 {
-                    return Err(err(f("pause_polls"), format!("must be at most 1000, got {pause_polls}")));
-                }
-                Mode::MultiDisk(Disks {
-                    sizes,
-                    rate_per_poll,
-                    pause_polls,
-                    disk_progresses: self.disk_progresses.unwrap_or(false),
-                })
+                Mode::MultiDisk(Disks { sizes, rate, pause, disk_progresses: self.disk_progresses.unwrap_or(false) })
             }
             other => return Err(err(f("mode"), format!("unknown mode {other:?}; use one of {MODES}"))),
         })
@@ -377,7 +407,14 @@ mod tests {
     fn multi_disk_specs_are_checked_field_by_field() {
         let ok = spec(serde_json::json!({"mode": "multi_disk", "disks": [10, 20, 30], "rate_per_poll": 25}));
         let Ok(CompiledJob { mode: Mode::MultiDisk(d), .. }) = ok else { panic!("{ok:?}") };
-        assert_eq!((d.sizes, d.pause_polls, d.disk_progresses), (vec![10, 20, 30], 2, false));
+        assert_eq!(
+            (d.sizes, d.rate, d.pause, d.disk_progresses),
+            (vec![10, 20, 30], Rate::PerPoll(25.0), Trigger::AfterPolls(2), false)
+        );
+        let timed =
+            spec(serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 40, "pause": "300ms"}));
+        let Ok(CompiledJob { mode: Mode::MultiDisk(d), .. }) = timed else { panic!("{timed:?}") };
+        assert_eq!((d.rate, d.pause), (Rate::PerSecond(40.0), Trigger::AfterMillis(300)));
         for (json, field) in [
             (serde_json::json!({"mode": "multi_disk", "rate_per_poll": 25}), "disks"),
             (serde_json::json!({"mode": "multi_disk", "disks": [10], "rate_per_poll": 25}), "disks"),
@@ -387,6 +424,24 @@ mod tests {
             (
                 serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_poll": 5, "pause_polls": 5000}),
                 "pause_polls",
+            ),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 101}), "rate_per_second"),
+            (
+                serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 5, "rate_per_poll": 5}),
+                "rate_per_second",
+            ),
+            (
+                serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 5, "pause_polls": 2}),
+                "pause_polls",
+            ),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_poll": 5, "pause": "1s"}), "pause"),
+            (
+                serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 5, "pause": "soon"}),
+                "pause",
+            ),
+            (
+                serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 5, "pause": "2h"}),
+                "pause",
             ),
         ] {
             let e = spec(json.clone()).unwrap_err();

@@ -361,8 +361,8 @@ mod tests {
     fn multi_disk(disk_progresses: bool) -> Mode {
         Mode::MultiDisk(crate::model::Disks {
             sizes: vec![1 << 30, 2 << 30],
-            rate_per_poll: 60.0,
-            pause_polls: 0,
+            rate: crate::model::Rate::PerPoll(60.0),
+            pause: crate::model::Trigger::AfterPolls(0),
             disk_progresses,
         })
     }
