@@ -161,11 +161,12 @@ impl JobSpec {
                 if let Some(bad) = sizes.iter().find(|s| **s <= 0) {
                     return Err(err(f("disks"), format!("sizes must be more than 0 bytes, got {bad}")));
                 }
-                let in_range = |field: &str, r: f64| {
-                    if r > 0.0 && r <= 100.0 {
+                // Per poll at most a whole disk; per second at most 1000 disks (a disk in 0.1 s).
+                let in_range = |field: &str, r: f64, max: f64| {
+                    if r > 0.0 && r <= max {
                         Ok(r)
                     } else {
-                        Err(err(f(field), format!("must be more than 0 and at most 100, got {r}")))
+                        Err(err(f(field), format!("must be more than 0 and at most {max}, got {r}")))
                     }
                 };
                 let (rate, pause) = match (self.rate_per_poll, self.rate_per_second) {
@@ -180,7 +181,7 @@ impl JobSpec {
                         if pause_polls > 1000 {
                             return Err(err(f("pause_polls"), format!("must be at most 1000, got {pause_polls}")));
                         }
-                        (Rate::PerPoll(in_range("rate_per_poll", r)?), Trigger::AfterPolls(pause_polls))
+                        (Rate::PerPoll(in_range("rate_per_poll", r, 100.0)?), Trigger::AfterPolls(pause_polls))
                     }
                     (None, Some(r)) => {
                         if self.pause_polls.is_some() {
@@ -197,7 +198,7 @@ impl JobSpec {
                             return Err(err(f("pause"), format!("must be at most 1h, got {:?}", pause)));
                         }
                         (
-                            Rate::PerSecond(in_range("rate_per_second", r)?),
+                            Rate::PerSecond(in_range("rate_per_second", r, 1000.0)?),
                             Trigger::AfterMillis(pause.as_millis() as u64),
                         )
                     }
@@ -425,7 +426,7 @@ mod tests {
                 serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_poll": 5, "pause_polls": 5000}),
                 "pause_polls",
             ),
-            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 101}), "rate_per_second"),
+            (serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 1001}), "rate_per_second"),
             (
                 serde_json::json!({"mode": "multi_disk", "disks": [10, 20], "rate_per_second": 5, "rate_per_poll": 5}),
                 "rate_per_second",

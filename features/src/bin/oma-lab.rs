@@ -74,6 +74,9 @@ enum Command {
         /// Events per second of a run, on average
         #[arg(long, default_value_t = 1.0)]
         event_rate: f64,
+        /// Give half the completing jobs 2-4 disks copied one after another (defect 13)
+        #[arg(long)]
+        multi_disk: bool,
         /// Run this schedule file again exactly (written by a failing run)
         #[arg(long, conflicts_with_all = ["seed", "runs", "soak"])]
         replay: Option<PathBuf>,
@@ -126,7 +129,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Restart { what: Target::Oma } => local_lab::act_on_oma("restart").await.map(|()| 0),
         Command::Kill { what: Target::Oma } => local_lab::act_on_oma("kill").await.map(|()| 0),
         Command::Status => local_lab::print_status().await.map(|()| 0),
-        Command::Chaos { seed, runs, jobs, duration, omas, event_rate, replay, no_shrink, soak, out, parallel } => {
+        Command::Chaos {
+            seed,
+            runs,
+            jobs,
+            duration,
+            omas,
+            event_rate,
+            multi_disk,
+            replay,
+            no_shrink,
+            soak,
+            out,
+            parallel,
+        } => {
             if !(0.0..=20.0).contains(&event_rate) || event_rate.is_nan() {
                 anyhow::bail!("--event-rate {event_rate}: must be between 0 and 20 events a second");
             }
@@ -151,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     omas: omas.map(|n| n as usize),
                     db_kills: true,
                     event_rate,
+                    multi_disk,
                 },
                 replay,
                 shrink: !no_shrink,

@@ -89,6 +89,8 @@ pub struct FinalRow {
     pub status: String,
     pub class: Option<String>,
     pub context_current_job: Option<String>,
+    /// When the OMA finalized it as completed (`replication_jobs.completed_at`).
+    pub completed_at: Option<DateTime<Utc>>,
 }
 
 /// One poll as sim-vma's journal has it.
@@ -277,7 +279,14 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, Checks) {
         }
     }
 
-    // 7. No OMA panics or grows without bound.
+    // 7. A multi-disk job is completed only after the VMA copied its last disk (the original
+    //    completed it at the first disk's "completed", reference §10 defect 13).
+    for record in e.jobs.iter().filter(|r| r.plan.disks.is_some()) {
+        *checks.entry("completed_after_the_last_disk").or_default() += 1;
+        violations.extend(completed_before_its_last_disk(record, e.rows, &restarts));
+    }
+
+    // 8. No OMA panics or grows without bound.
     *checks.entry("no_panic").or_default() += 1;
     if let Some(line) = e.log_lines.iter().find(|l| l.contains("panicked at")) {
         violations.push(Violation { invariant: "no_panic", job: None, detail: line.clone() });
@@ -293,6 +302,40 @@ pub fn check(e: &Evidence) -> (Vec<Violation>, Checks) {
         }
     }
     (violations, checks)
+}
+
+/// A multi-disk job the OMA finalized as completed before the VMA's last disk was done. The VMA
+/// copies by the clock from no earlier than `script_sent`, so its last disk ends no sooner than
+/// `script_sent + after_ms`; the OMA's `completed_at` (the database's clock, the same machine's)
+/// must not be earlier. 5 ms are allowed for rounding; a premature completion is a whole disk early.
+/// A job the VMA forgot before its end may be assumed completed above 90 % and is not judged here.
+fn completed_before_its_last_disk(
+    record: &JobRecord,
+    rows: &HashMap<String, FinalRow>,
+    vma_restarts: &[DateTime<Utc>],
+) -> Option<Violation> {
+    let (Some(id), Some(sent), Some(disks)) = (&record.id, record.script_sent, &record.plan.disks) else {
+        return None;
+    };
+    let VmaScript::Completes { after_ms } = record.plan.vma else { return None };
+    let row = rows.get(id)?;
+    let completed_at = row.completed_at.filter(|_| row.status == "completed")?;
+    let last_disk_done = sent + chrono::Duration::milliseconds(after_ms as i64);
+    if vma_restarts.iter().any(|r| *r > sent && *r < last_disk_done) {
+        return None;
+    }
+    let early = last_disk_done - completed_at;
+    (early > chrono::Duration::milliseconds(5)).then(|| Violation {
+        invariant: "completed_after_the_last_disk",
+        job: Some(id.clone()),
+        detail: format!(
+            "completed at {} but the VMA's last disk (of {}) was done at {} at the earliest ({} ms later)",
+            completed_at.format("%H:%M:%S%.3f"),
+            disks.len(),
+            last_disk_done.format("%H:%M:%S%.3f"),
+            early.num_milliseconds()
+        ),
+    })
 }
 
 /// Ends of disturbances after which nothing disturbs for `bound`, with no disturbance still on.
@@ -330,10 +373,11 @@ mod tests {
 
     fn record(vma: VmaScript, origin: Origin) -> JobRecord {
         JobRecord {
-            plan: JobPlan { name: "chaos-00".into(), origin, at_ms: 0, start_percent: 30.0, vma },
+            plan: JobPlan { name: "chaos-00".into(), origin, at_ms: 0, start_percent: 30.0, vma, disks: None },
             id: Some("job-1".into()),
             created_with: Some(201),
             script_from: Some(t(0)),
+            script_sent: Some(t(0)),
             vma_percent_when_forgotten: None,
         }
     }
@@ -373,6 +417,29 @@ mod tests {
         let mut completes = record(VmaScript::Completes { after_ms: 1000 }, Origin::Api);
         completes.vma_percent_when_forgotten = Some(95.0);
         assert_eq!(allowed_outcomes(&completes, &[t(500)]), vec![LOST, COMPLETED]);
+    }
+
+    #[test]
+    fn a_multi_disk_job_completed_before_its_last_disk_is_a_violation() {
+        let mut job = record(VmaScript::Completes { after_ms: 2000 }, Origin::Api);
+        job.plan.disks = Some(vec![1 << 30, 2 << 30, 3 << 30]);
+        let rows = |status: &str, at_ms: i64| {
+            let row = FinalRow {
+                status: status.into(),
+                class: None,
+                context_current_job: None,
+                completed_at: Some(t(at_ms)),
+            };
+            HashMap::from([("job-1".to_string(), row)])
+        };
+        let v = completed_before_its_last_disk(&job, &rows("completed", 700), &[]).expect("a violation");
+        assert!(v.detail.contains("1300 ms later"), "{}", v.detail);
+        assert!(completed_before_its_last_disk(&job, &rows("completed", 2000), &[]).is_none());
+        assert!(completed_before_its_last_disk(&job, &rows("completed", 1997), &[]).is_none(), "rounding");
+        assert!(completed_before_its_last_disk(&job, &rows("failed", 700), &[]).is_none());
+        assert!(completed_before_its_last_disk(&job, &rows("completed", 700), &[t(500)]).is_none(), "forgotten");
+        job.plan.disks = None;
+        assert!(completed_before_its_last_disk(&job, &rows("completed", 700), &[]).is_none(), "one disk");
     }
 
     #[test]

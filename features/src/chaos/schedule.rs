@@ -48,6 +48,26 @@ pub struct JobPlan {
     /// Starting progress on the VMA.
     pub start_percent: f64,
     pub vma: VmaScript,
+    /// A job with several disks (`--multi-disk`, a `completes` script only): each disk's
+    /// capacity in bytes, in copy order. The VMA copies them one after another, answering
+    /// `completed` after each for [`DISK_PAUSE_MS`]; the last one ends at the script's `after_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<i64>>,
+}
+
+/// How long the VMA answers `completed` between one disk of a multi-disk job and the next: two
+/// poll intervals, so an OMA sees the pause, and far below the stall window.
+pub const DISK_PAUSE_MS: u64 = 200;
+/// The shortest time a disk of a generated multi-disk job takes to copy.
+const MIN_DISK_MS: u64 = 300;
+
+impl JobPlan {
+    /// How long each disk of a multi-disk job takes to copy (the pauses between them aside).
+    pub fn disk_ms(&self) -> Option<f64> {
+        let (Some(disks), VmaScript::Completes { after_ms }) = (&self.disks, &self.vma) else { return None };
+        let n = disks.len() as u64;
+        Some(after_ms.saturating_sub((n - 1) * DISK_PAUSE_MS) as f64 / n as f64)
+    }
 }
 
 /// A fault of the VMA as a whole, for `for_ms`.
@@ -150,12 +170,35 @@ pub struct Shape {
     pub db_kills: bool,
     /// Events per second of the run, on average.
     pub event_rate: f64,
+    /// Half the jobs that complete have 2 to 4 disks of different sizes, copied one after another
+    /// (reference §10, defect 13). Off by default, so a seed keeps the schedule it always had.
+    pub multi_disk: bool,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        Shape { jobs: 12, duration: Duration::from_secs(6), omas: None, db_kills: true, event_rate: 1.0 }
+        Shape {
+            jobs: 12,
+            duration: Duration::from_secs(6),
+            omas: None,
+            db_kills: true,
+            event_rate: 1.0,
+            multi_disk: false,
+        }
     }
+}
+
+/// 2 to 4 disks of different sizes (1-64 GiB): the OMA tells a disk by its size.
+fn draw_disks(rng: &mut StdRng) -> Vec<i64> {
+    let n = rng.random_range(2..=4);
+    let mut gib: Vec<i64> = Vec::with_capacity(n);
+    while gib.len() < n {
+        let g = rng.random_range(1..=64);
+        if !gib.contains(&g) {
+            gib.push(g);
+        }
+    }
+    gib.into_iter().map(|g| g << 30).collect()
 }
 
 impl Schedule {
@@ -186,11 +229,24 @@ impl Schedule {
                 57..=66 => VmaScript::Stalls { after_ms: life },
                 _ => VmaScript::RunsOn,
             };
-            let start_percent = match &vma {
+            let mut start_percent = match &vma {
                 VmaScript::Vanishes { percent, .. } => *percent,
                 _ => rng.random_range(0.0..60.0_f64).round(),
             };
-            jobs.push(JobPlan { name: format!("chaos-{n:02}"), origin, at_ms, start_percent, vma });
+            let mut vma = vma;
+            let mut disks = None;
+            if let VmaScript::Completes { after_ms } = vma {
+                if shape.multi_disk && rng.random_bool(0.5) {
+                    let sizes = draw_disks(&mut rng);
+                    let n = sizes.len() as u64;
+                    // Every disk takes its time: such a job may end up to 2.1 s after the events.
+                    let after_ms = after_ms.max(n * MIN_DISK_MS + (n - 1) * DISK_PAUSE_MS);
+                    vma = VmaScript::Completes { after_ms };
+                    disks = Some(sizes);
+                    start_percent = 0.0;
+                }
+            }
+            jobs.push(JobPlan { name: format!("chaos-{n:02}"), origin, at_ms, start_percent, vma, disks });
         }
         let n_events = ((shape.duration.as_secs_f64() * shape.event_rate).round() as usize).max(1);
         let mut events = Vec::with_capacity(n_events);
@@ -278,6 +334,22 @@ impl Schedule {
             if j.at_ms > self.duration_ms {
                 return Err(format!("jobs[{i}]: at_ms {} is after duration_ms {}", j.at_ms, self.duration_ms));
             }
+            if let Some(disks) = &j.disks {
+                if !(2..=16).contains(&disks.len()) || disks.iter().any(|d| *d <= 0) {
+                    return Err(format!("jobs[{i}]: disks must list 2 to 16 sizes of more than 0 bytes"));
+                }
+                let n = disks.len() as u64;
+                match j.vma {
+                    VmaScript::Completes { after_ms } if after_ms >= n * 100 + (n - 1) * DISK_PAUSE_MS => {}
+                    VmaScript::Completes { .. } => {
+                        return Err(format!(
+                            "jobs[{i}]: {n} disks need after_ms >= {} (100 ms a disk, {DISK_PAUSE_MS} ms between)",
+                            n * 100 + (n - 1) * DISK_PAUSE_MS
+                        ))
+                    }
+                    _ => return Err(format!("jobs[{i}]: disks go with script = \"completes\" only")),
+                }
+            }
         }
         Ok(())
     }
@@ -305,6 +377,32 @@ mod tests {
         assert!(a.validate().is_ok());
         let back = Schedule::from_toml(&a.to_toml()).unwrap();
         assert_eq!(back, a);
+    }
+
+    /// `--multi-disk` adds disks to some completing jobs; without it a seed's schedule is the one
+    /// it always was (the stored failing seeds and the CI seeds keep their meaning).
+    #[test]
+    fn multi_disk_jobs_only_when_asked_and_they_fit_their_script() {
+        let plain = Schedule::generate(42, &Shape::default());
+        assert!(plain.jobs.iter().all(|j| j.disks.is_none()));
+        assert!(!plain.to_toml().contains("disks"), "a plain schedule's file is unchanged");
+        let multi = Schedule::generate(42, &Shape { multi_disk: true, jobs: 40, ..Shape::default() });
+        let with: Vec<&JobPlan> = multi.jobs.iter().filter(|j| j.disks.is_some()).collect();
+        assert!(!with.is_empty(), "40 jobs and none with disks");
+        for j in with {
+            let disks = j.disks.as_ref().unwrap();
+            let mut sizes = disks.clone();
+            sizes.dedup();
+            assert_eq!(sizes.len(), disks.len(), "sizes differ: {disks:?}");
+            assert!(j.disk_ms().unwrap() >= MIN_DISK_MS as f64, "{j:?}");
+        }
+        assert_eq!(Schedule::from_toml(&multi.to_toml()).unwrap(), multi);
+        let mut bad = multi.clone();
+        let i = bad.jobs.iter().position(|j| j.disks.is_some()).unwrap();
+        bad.jobs[i].vma = VmaScript::RunsOn;
+        assert!(Schedule::from_toml(&bad.to_toml()).unwrap_err().contains("completes"));
+        bad.jobs[i].vma = VmaScript::Completes { after_ms: 50 };
+        assert!(Schedule::from_toml(&bad.to_toml()).unwrap_err().contains("after_ms"));
     }
 
     #[test]

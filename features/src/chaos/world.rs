@@ -16,7 +16,7 @@ use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::sync::Mutex;
 
-use super::schedule::{Event, JobPlan, Origin, Schedule, VmaFault, VmaScript};
+use super::schedule::{Event, JobPlan, Origin, Schedule, VmaFault, VmaScript, DISK_PAUSE_MS};
 use crate::gate::Gate;
 use crate::oma_process::{OmaConfig, OmaProcess};
 use oma_test_support::mariadb::LocalMariadbd;
@@ -149,6 +149,9 @@ pub struct JobRecord {
     pub created_with: Option<u16>,
     /// When sim-vma was given the job's script.
     pub script_from: Option<DateTime<Utc>>,
+    /// Just before the script was sent: its times count from no earlier (a multi-disk job's last
+    /// disk ends no sooner than this plus its `after_ms`).
+    pub script_sent: Option<DateTime<Utc>>,
     /// The VMA's percentage for the job when a VMA restart forgot it: above 90 % the OMA may
     /// assume it completed (its scripted ramp can pass 90 % in a long run).
     pub vma_percent_when_forgotten: Option<f64>,
@@ -218,13 +221,18 @@ impl World {
                 id: None,
                 created_with: None,
                 script_from: None,
+                script_sent: None,
                 vma_percent_when_forgotten: None,
             };
             if plan.origin == Origin::Seeded {
                 let mut seed = SeedJob::replicating(&plan.name, plan.start_percent, 0.5);
                 seed.bytes_transferred = (plan.start_percent * 1e8) as i64;
+                if let Some(disks) = &plan.disks {
+                    seed.disk_bytes = disks.clone();
+                }
                 let names = oma_test_support::seed_job(&world.pool, &seed).await?;
-                give_script(&world.sim.state, &plan.name, &names, &plan.vma, plan.start_percent)?;
+                record.script_sent = Some(Utc::now());
+                give_script(&world.sim.state, &plan.name, &names, &plan)?;
                 record.id = Some(plan.name.clone());
                 record.script_from = Some(Utc::now());
             }
@@ -315,9 +323,16 @@ impl World {
                 let m = Mark { at: Utc::now(), what, disturbs: None, begins: false };
                 marks.lock().unwrap_or_else(|p| p.into_inner()).push(m);
             };
+            let disks: Vec<Value> = match &plan.disks {
+                Some(sizes) => sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| json!({"id": format!("disk-{}", 2000 + i), "size_gb": b >> 30, "capacity_bytes": b}))
+                    .collect(),
+                None => vec![json!({"id": "disk-2000", "size_gb": 10, "capacity_bytes": 10737418240u64})],
+            };
             let body = json!({"source_vm": {"id": format!("vmware-{}", plan.name), "name": plan.name,
-                              "path": format!("/DC1/vm/{}", plan.name),
-                              "disks": [{"id": "disk-2000", "size_gb": 10, "capacity_bytes": 10737418240u64}]},
+                              "path": format!("/DC1/vm/{}", plan.name), "disks": disks},
                               "ossea_config_id": 1, "vcenter_host": "vcenter.local", "start_replication": true});
             let answer = http.post(format!("{url}/api/v1/replications")).json(&body).send().await;
             let (status, value) = match answer {
@@ -331,6 +346,7 @@ impl World {
                 }
             };
             let mut script_from = None;
+            let mut script_sent = None;
             let mut id = None;
             if status == Some(201) {
                 let job_id = value["job_id"].as_str().unwrap_or_default().to_string();
@@ -338,7 +354,8 @@ impl World {
                     .as_array()
                     .map(|v| v.iter().filter_map(|x| x["nbd_export_name"].as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
-                match give_script(&sim, &job_id, &names, &plan.vma, plan.start_percent) {
+                script_sent = Some(Utc::now());
+                match give_script(&sim, &job_id, &names, &plan) {
                     Ok(()) => script_from = Some(Utc::now()),
                     // The VMA restarted between /replicate and now: the job is gone there already.
                     Err(e) => mark(format!("{}: {e}", plan.name)),
@@ -351,6 +368,7 @@ impl World {
                 record.created_with = status;
                 record.id = id;
                 record.script_from = script_from;
+                record.script_sent = script_sent;
             }
             mark(format!("{}: POST /api/v1/replications answered {status:?}", plan.name));
         }))
@@ -374,7 +392,7 @@ impl World {
                     for view in before {
                         let record = records.iter_mut().find(|r| r.id.as_deref() == Some(view.job_id.as_str()));
                         if let Some(r) = record.filter(|r| r.vma_percent_when_forgotten.is_none()) {
-                            r.vma_percent_when_forgotten = Some(view.percentage);
+                            r.vma_percent_when_forgotten = Some(job_wide_percent(&r.plan, &view));
                         }
                     }
                 }
@@ -598,15 +616,23 @@ pub enum Ending {
     OmaReady(usize),
 }
 
+/// The VMA's percentage of a job as the OMA counts it: over all its disks for a multi-disk job
+/// (sim-vma shows the current disk's).
+fn job_wide_percent(plan: &JobPlan, view: &sim_vma::state::JobView) -> f64 {
+    let (Some(sizes), Some(disk)) = (&plan.disks, view.disk) else { return view.percentage };
+    let total: i64 = sizes.iter().sum();
+    let done: i64 = sizes.iter().take(disk.saturating_sub(1)).sum();
+    (done + view.bytes_transferred) as f64 * 100.0 / total.max(1) as f64
+}
+
 /// Tell sim-vma what to do with job `id` from now on.
-fn give_script(
-    sim: &sim_vma::SimState,
-    id: &str,
-    names: &[String],
-    script: &VmaScript,
-    start: f64,
-) -> anyhow::Result<()> {
-    let spec: JobSpec = serde_json::from_value(script_spec(script, start, names))?;
+fn give_script(sim: &sim_vma::SimState, id: &str, names: &[String], plan: &JobPlan) -> anyhow::Result<()> {
+    let value = match (&plan.disks, plan.disk_ms()) {
+        (Some(sizes), Some(disk_ms)) => json!({"mode": "multi_disk", "disks": sizes, "export_names": names,
+            "rate_per_second": 100_000.0 / disk_ms.max(1.0), "pause": format!("{DISK_PAUSE_MS}ms")}),
+        _ => script_spec(&plan.vma, plan.start_percent, names),
+    };
+    let spec: JobSpec = serde_json::from_value(value)?;
     sim.put_job(id, &spec).map_err(|e| anyhow::anyhow!("sim-vma refused the script of {id}: {e}"))?;
     Ok(())
 }
@@ -665,11 +691,13 @@ fn fault_spec(fault: VmaFault, for_ms: u64) -> FaultSpec {
 /// `KILL` every connection to `database` but the one asking.
 async fn kill_connections(pool: &MySqlPool, database: &str) -> anyhow::Result<usize> {
     let mut conn = pool.acquire().await?;
-    let ids: Vec<u64> =
-        sqlx::query_scalar("SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()")
-            .bind(database)
-            .fetch_all(&mut *conn)
-            .await?;
+    // `id` is BIGINT on MariaDB 10.11 and BIGINT UNSIGNED on 11.x: one type for both.
+    let ids: Vec<u64> = sqlx::query_scalar(
+        "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+    )
+    .bind(database)
+    .fetch_all(&mut *conn)
+    .await?;
     for id in &ids {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}"))).execute(&mut *conn).await;
     }
