@@ -1,6 +1,7 @@
 //! The files that deploy the lab outside the harness: `docker-compose.yml` publishes every port on
 //! loopback, overridable, with defaults that do not collide with a local MariaDB or OMA; the
 //! compose tool accepts the file and resolves the overrides (when a compose tool is installed).
+//! The README's test command is the one `.ci/run` and `ci/flake-loop.sh` run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,4 +90,22 @@ fn the_compose_tool_accepts_the_file_and_its_port_overrides() {
     let overridden = resolve(&[("OMA_COMPOSE_MARIADB_PORT", "23306"), ("OMA_COMPOSE_OMA_PORT", "28082")]);
     assert!(overridden.contains("23306") && overridden.contains("28082"), "{overridden}");
     assert!(!overridden.contains("13306"), "{overridden}");
+}
+
+/// CI and the flake loop run exactly the README's test command; a change to one is a change to all.
+#[test]
+fn ci_and_the_flake_loop_run_the_readme_test_command() {
+    let readme = std::fs::read_to_string(workspace().join("README.md")).expect("README.md");
+    let command = readme
+        .lines()
+        .find(|l| l.starts_with("cargo fmt") && l.contains("cargo test"))
+        .expect("the README's test command (a line starting `cargo fmt`)");
+    for file in [".ci/run", "ci/flake-loop.sh"] {
+        let text = std::fs::read_to_string(workspace().join(file)).expect(file);
+        let runs: Vec<&str> = text.lines().map(str::trim).filter(|l| l.contains("cargo test")).collect();
+        assert!(
+            runs.iter().any(|l| l.contains(command)),
+            "{file} does not run the README's test command `{command}`; it has {runs:?}"
+        );
+    }
 }
