@@ -377,8 +377,6 @@ impl Poller {
                 }
                 if still_tracked {
                     log_disks_copied(&job_id, copied, facts.disks.count());
-                }
-                if still_tracked {
                     let _ = self.inner.writes.send(WriteMsg::Progress(Box::new(ProgressWrite {
                         job_id: job_id.clone(),
                         progress: progress.clone(),
