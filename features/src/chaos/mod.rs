@@ -10,7 +10,9 @@ pub mod observe;
 pub mod oracle;
 pub mod report;
 pub mod schedule;
+pub mod server;
 pub mod soak;
+pub mod vma_scripts;
 pub mod world;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use oracle::{Checks, Evidence, FinalRow, Poll, Violation};
 use schedule::{Origin, Schedule, Shape};
-use world::{ChaosServer, Timing, World};
+use server::ChaosServer;
+use world::{Timing, World};
 
 /// Seeds the test command runs: each was seen to pass with the fixed code and to kill or cut
 /// off the database (11, 23 and 42 with two OMAs).

@@ -99,6 +99,18 @@ pub async fn sample(
     }
 }
 
+/// The oldest last poll of an active job while an OMA ran: no job is polled while every OMA is
+/// stopped or killed (the soak's own events), so a sample counts only when an OMA ran at it and at
+/// the sample before.
+fn worst_poll_age(samples: &[SoakSample]) -> f64 {
+    let first = samples.first().filter(|s| !s.omas.is_empty()).map(|s| s.poll_age_max).unwrap_or(0.0);
+    samples
+        .windows(2)
+        .filter(|w| !w[0].omas.is_empty() && !w[1].omas.is_empty())
+        .map(|w| w[1].poll_age_max)
+        .fold(first, f64::max)
+}
+
 /// What the samples say about stability.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
@@ -124,7 +136,7 @@ pub fn verdict(samples: &[SoakSample], poll_interval: Duration) -> Verdict {
     let last = &series[series.len().saturating_sub(quarter)..];
     let rss = (mean(first, |o| o.rss_mib), mean(last, |o| o.rss_mib));
     let fds = (mean(first, |o| o.fds as f64), mean(last, |o| o.fds as f64));
-    let worst = samples.iter().map(|s| s.poll_age_max).fold(0.0, f64::max);
+    let worst = worst_poll_age(samples);
     let mut why = Vec::new();
     if rss.1 > rss.0 * 1.5 + 10.0 {
         why.push(format!("resident set grew from {:.1} to {:.1} MiB", rss.0, rss.1));
@@ -150,5 +162,42 @@ pub fn verdict(samples: &[SoakSample], poll_interval: Duration) -> Verdict {
         mean_cpu_cores: mean(&series, |o| o.cpu_cores),
         stable: why.is_empty(),
         why,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seconds: f64, oma_up: bool, poll_age_max: f64) -> SoakSample {
+        let omas =
+            if oma_up { vec![OmaSample { oma: 0, pid: 1, rss_mib: 16.0, cpu_cores: 0.0, fds: 18 }] } else { vec![] };
+        SoakSample {
+            at: Utc::now(),
+            seconds,
+            omas,
+            active_jobs: 15,
+            poll_age_p50: poll_age_max,
+            poll_age_p99: poll_age_max,
+            poll_age_max,
+        }
+    }
+
+    /// Seed 7's soak: both OMAs stopped by its events for two minutes, the jobs' last polls ageing
+    /// meanwhile; that is not an OMA that stopped polling. One that runs and does not poll is.
+    #[test]
+    fn polls_are_late_only_while_an_oma_runs() {
+        let outage = [sample(45.0, true, 0.1), sample(90.0, false, 44.0), sample(135.0, false, 89.0)];
+        let back = [sample(180.0, true, 0.1), sample(225.0, true, 0.1), sample(270.0, true, 0.1)];
+        let samples: Vec<SoakSample> = outage.into_iter().chain(back).collect();
+        assert!(
+            verdict(&samples, Duration::from_millis(100)).stable,
+            "{:?}",
+            verdict(&samples, Duration::from_millis(100))
+        );
+        let mut stuck = samples.clone();
+        stuck.push(sample(315.0, true, 90.0));
+        let v = verdict(&stuck, Duration::from_millis(100));
+        assert!(!v.stable && v.why.iter().any(|w| w.contains("90 s without a poll")), "{v:?}");
     }
 }

@@ -1,25 +1,25 @@
 //! The parts of one chaos run and the events acting on them: a fresh database on the run's
-//! MariaDB (one the runner may kill -9 and start again on the same data directory), sim-vma in
-//! process, one or two real `oma-api` processes each behind a gate to the database (a
-//! partition closes one gate), and the record of what happened when, for the oracle.
+//! MariaDB ([`super::server`]), sim-vma in process, one or two real `oma-api` processes each
+//! behind a gate to the database (a partition closes one gate), and the record of what happened
+//! when, for the oracle.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use sim_vma::spec::{FaultSpec, JobSpec};
+use sim_vma::spec::JobSpec;
 use sim_vma::{SimConfig, SimVma};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::sync::Mutex;
 
-use super::schedule::{Event, JobPlan, Origin, Schedule, VmaFault, VmaScript, DISK_PAUSE_MS};
+use super::schedule::{Event, JobPlan, Origin, Schedule};
+use super::server::{kill_connections, ChaosServer};
+use super::vma_scripts::{fault_spec, give_script, job_wide_percent};
 use crate::gate::Gate;
 use crate::oma_process::{OmaConfig, OmaProcess};
-use oma_test_support::mariadb::LocalMariadbd;
 use oma_test_support::SeedJob;
 
 /// Intervals of a run: short, so a run takes seconds.
@@ -43,77 +43,6 @@ impl Default for Timing {
             health_stale_after: Duration::from_secs(1),
             stall_after: Duration::from_secs(2),
         }
-    }
-}
-
-/// The MariaDB server of a chaos session: its own local `mariadbd` (killable), or a server it
-/// may not kill (`OMA_TEST_DATABASE_URL`, or the harness's shared one when no `mariadbd` can be
-/// started here).
-pub enum ChaosServer {
-    Local { server: Option<LocalMariadbd>, root: tempfile::TempDir, port: u16 },
-    Shared { base_url: String },
-}
-
-impl ChaosServer {
-    /// A local `mariadbd` on a temporary directory if one can run here, else the test server.
-    pub async fn start() -> anyhow::Result<ChaosServer> {
-        if std::env::var("OMA_TEST_DATABASE_URL").is_err() {
-            let root = tempfile::Builder::new().prefix("oma-chaos-mariadb-").tempdir()?;
-            let port = oma_test_support::free_port();
-            match LocalMariadbd::start_durable(root.path(), port).await {
-                Ok(server) => {
-                    // Dies with this process however it ends; its directory goes with it.
-                    oma_test_support::reaper::adopt_with_dir(server.pid(), root.path());
-                    return Ok(ChaosServer::Local { server: Some(server), root, port });
-                }
-                Err(e) => eprintln!("[chaos] no local mariadbd ({e:#}): using the test server; no database kills"),
-            }
-        }
-        let server = oma_test_support::mariadb::server().await?;
-        Ok(ChaosServer::Shared { base_url: server.base_url.clone() })
-    }
-
-    pub fn can_kill(&self) -> bool {
-        matches!(self, ChaosServer::Local { .. })
-    }
-
-    pub fn base_url(&self) -> String {
-        match self {
-            ChaosServer::Local { port, .. } => format!("mysql://root@127.0.0.1:{port}"),
-            ChaosServer::Shared { base_url } => base_url.clone(),
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        match self {
-            ChaosServer::Local { server, .. } => server.as_ref().is_some_and(LocalMariadbd::is_running),
-            ChaosServer::Shared { .. } => true,
-        }
-    }
-
-    /// kill -9, as a crash would.
-    pub fn kill(&mut self) {
-        if let ChaosServer::Local { server, .. } = self {
-            if let Some(s) = server.take() {
-                s.kill();
-            }
-        }
-    }
-
-    /// Start the killed server again on its data directory and port.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        if let ChaosServer::Local { server, root, port } = self {
-            if server.is_none() {
-                let started = LocalMariadbd::start_durable(root.path(), *port).await.context("restarting mariadbd")?;
-                oma_test_support::reaper::adopt_with_dir(started.pid(), root.path());
-                *server = Some(started);
-            }
-        }
-        Ok(())
-    }
-
-    pub fn stop(&mut self) {
-        self.kill();
     }
 }
 
@@ -232,7 +161,7 @@ impl World {
                 }
                 let names = oma_test_support::seed_job(&world.pool, &seed).await?;
                 record.script_sent = Some(Utc::now());
-                give_script(&world.sim.state, &plan.name, &names, &plan)?;
+                give_script(&world.sim.state, &plan.name, &names, &plan, world.schedule.duration_ms)?;
                 record.id = Some(plan.name.clone());
                 record.script_from = Some(Utc::now());
             }
@@ -318,6 +247,7 @@ impl World {
         let url = urls[index % urls.len()].clone();
         let (http, sim, jobs, marks) =
             (self.http.clone(), self.sim.state.clone(), self.jobs.clone(), self.marks.clone());
+        let run_ms = self.schedule.duration_ms;
         Some(tokio::spawn(async move {
             let mark = |what: String| {
                 let m = Mark { at: Utc::now(), what, disturbs: None, begins: false };
@@ -355,7 +285,7 @@ impl World {
                     .map(|v| v.iter().filter_map(|x| x["nbd_export_name"].as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
                 script_sent = Some(Utc::now());
-                match give_script(&sim, &job_id, &names, &plan) {
+                match give_script(&sim, &job_id, &names, &plan, run_ms) {
                     Ok(()) => script_from = Some(Utc::now()),
                     // The VMA restarted between /replicate and now: the job is gone there already.
                     Err(e) => mark(format!("{}: {e}", plan.name)),
@@ -614,92 +544,4 @@ pub enum Ending {
     DbBack,
     GateOpen(usize),
     OmaReady(usize),
-}
-
-/// The VMA's percentage of a job as the OMA counts it: over all its disks for a multi-disk job
-/// (sim-vma shows the current disk's).
-fn job_wide_percent(plan: &JobPlan, view: &sim_vma::state::JobView) -> f64 {
-    let (Some(sizes), Some(disk)) = (&plan.disks, view.disk) else { return view.percentage };
-    let total: i64 = sizes.iter().sum();
-    let done: i64 = sizes.iter().take(disk.saturating_sub(1)).sum();
-    (done + view.bytes_transferred) as f64 * 100.0 / total.max(1) as f64
-}
-
-/// Tell sim-vma what to do with job `id` from now on.
-fn give_script(sim: &sim_vma::SimState, id: &str, names: &[String], plan: &JobPlan) -> anyhow::Result<()> {
-    let value = match (&plan.disks, plan.disk_ms()) {
-        (Some(sizes), Some(disk_ms)) => json!({"mode": "multi_disk", "disks": sizes, "export_names": names,
-            "rate_per_second": 100_000.0 / disk_ms.max(1.0), "pause": format!("{DISK_PAUSE_MS}ms")}),
-        _ => script_spec(&plan.vma, plan.start_percent, names),
-    };
-    let spec: JobSpec = serde_json::from_value(value)?;
-    sim.put_job(id, &spec).map_err(|e| anyhow::anyhow!("sim-vma refused the script of {id}: {e}"))?;
-    Ok(())
-}
-
-/// The sim-vma job spec of a script.
-pub fn script_spec(script: &VmaScript, start: f64, names: &[String]) -> Value {
-    let ramp =
-        |rate: f64| json!({"mode": "running", "start_percent": start, "rate_per_second": rate, "export_names": names});
-    let after = |ms: u64| format!("{ms}ms");
-    match script {
-        VmaScript::Completes { after_ms } => {
-            let mut s = ramp(1.0);
-            s["transitions"] = json!([{"after": after(*after_ms), "mode": "completed"}]);
-            s
-        }
-        VmaScript::Fails { after_ms } => {
-            let mut s = ramp(1.0);
-            s["transitions"] =
-                json!([{"after": after(*after_ms), "mode": "failed", "message": "NBD export went away"}]);
-            s
-        }
-        VmaScript::Vanishes { after_ms, http200, percent } => {
-            // Moving (a frozen job would be a stall), slowly enough to stay on its side of 90 %:
-            // from 97 % it reaches at most 98.8 % before it vanishes, from 80 % at most 84.5 %.
-            let rate = if *percent > 90.0 { 0.2 } else { 0.5 };
-            let mut s =
-                json!({"mode": "running", "start_percent": start, "rate_per_second": rate, "export_names": names});
-            let gone = if *http200 { "http200_not_found" } else { "not_found" };
-            s["transitions"] = json!([{"after": after(*after_ms), "mode": gone}]);
-            s
-        }
-        VmaScript::Stalls { after_ms } => {
-            let mut s = ramp(2.0);
-            s["transitions"] = json!([{"after": after(*after_ms), "mode": "stale"}]);
-            s
-        }
-        VmaScript::RunsOn => ramp(0.5),
-    }
-}
-
-fn fault_spec(fault: VmaFault, for_ms: u64) -> FaultSpec {
-    let value = match fault {
-        VmaFault::Refused => json!({"unreachable": {"mode": "refused"}}),
-        VmaFault::Reset => json!({"unreachable": {"mode": "reset"}}),
-        VmaFault::Blackhole => json!({"unreachable": {"mode": "blackhole"}}),
-        VmaFault::HangAfterHeaders => json!({"unreachable": {"mode": "hang_after_headers"}}),
-        VmaFault::ServerErrors => json!({"error_rate": {"status": 503, "probability": 1.0}}),
-        VmaFault::Garbage => json!({"garbage": {"probability": 1.0}}),
-        VmaFault::Slow => json!({"latency": {"base": "150ms", "jitter": "100ms"}}),
-    };
-    let mut value = value;
-    value["for"] = json!(format!("{for_ms}ms"));
-    serde_json::from_value(value).expect("a fault spec of ours")
-}
-
-/// `KILL` every connection to `database` but the one asking.
-async fn kill_connections(pool: &MySqlPool, database: &str) -> anyhow::Result<usize> {
-    let mut conn = pool.acquire().await?;
-    // `id` is BIGINT on MariaDB 10.11 and BIGINT UNSIGNED on 11.x: one type for both.
-    let ids: Vec<u64> = sqlx::query_scalar(
-        "SELECT CAST(id AS UNSIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
-    )
-    .bind(database)
-    .fetch_all(&mut *conn)
-    .await?;
-    for id in &ids {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("KILL {id}"))).execute(&mut *conn).await;
-    }
-    Ok(ids.len())
 }
