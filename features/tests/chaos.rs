@@ -8,20 +8,19 @@ use std::path::Path;
 
 use oma_acceptance::chaos::{self, schedule::Shape, ChaosOptions, CI_MULTI_DISK_SEEDS, CI_SEEDS};
 
+/// Play `seeds` drawn with `shape`, one at a time (the test binaries of `cargo test` share the two
+/// cores); whether every run passed, and the summary.
+async fn run_seeds(seeds: &[u64], shape: Shape, out: &Path) -> (bool, String) {
+    let options =
+        ChaosOptions { seeds: seeds.to_vec(), shape, replay: None, shrink: false, out: out.to_path_buf(), parallel: 1 };
+    let passed = chaos::run(&options).await.expect("the chaos runs ran");
+    (passed, std::fs::read_to_string(out.join("summary.md")).expect("a summary"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fixed_seeds_break_no_invariant() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-ci");
-    let options = ChaosOptions {
-        seeds: CI_SEEDS.to_vec(),
-        shape: Shape::default(),
-        replay: None,
-        shrink: false,
-        out: out.clone(),
-        // One at a time: the test binaries of `cargo test` share the two cores.
-        parallel: 1,
-    };
-    let passed = chaos::run(&options).await.expect("the chaos runs ran");
-    let summary = std::fs::read_to_string(out.join("summary.md")).expect("a summary");
+    let (passed, summary) = run_seeds(&CI_SEEDS, Shape::default(), &out).await;
     assert!(passed, "a chaos run broke an invariant (see above):\n{summary}");
     assert!(summary.contains(&format!("{} of {} runs passed", CI_SEEDS.len(), CI_SEEDS.len())), "{summary}");
     the_disturbances_took_effect(&out);
@@ -45,16 +44,7 @@ fn the_disturbances_took_effect(out: &Path) {
 /// defect 13): none may be completed before the VMA's last disk.
 async fn the_multi_disk_seeds_break_no_invariant() {
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/chaos-ci/multi-disk");
-    let options = ChaosOptions {
-        seeds: CI_MULTI_DISK_SEEDS.to_vec(),
-        shape: Shape { multi_disk: true, ..Shape::default() },
-        replay: None,
-        shrink: false,
-        out: out.clone(),
-        parallel: 1,
-    };
-    let passed = chaos::run(&options).await.expect("the chaos runs ran");
-    let summary = std::fs::read_to_string(out.join("summary.md")).expect("a summary");
+    let (passed, summary) = run_seeds(&CI_MULTI_DISK_SEEDS, Shape { multi_disk: true, ..Shape::default() }, &out).await;
     assert!(passed, "a multi-disk chaos run broke an invariant (see above):\n{summary}");
     let report = std::fs::read_to_string(out.join(format!("seed-{}/report.json", CI_MULTI_DISK_SEEDS[0])))
         .expect("the run's report");
