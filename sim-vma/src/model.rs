@@ -320,7 +320,7 @@ impl Job {
         let cycle = disk_ms + pause_ms;
         let index = ((elapsed_ms / cycle).floor() as usize).min(sizes.len() - 1);
         let into = elapsed_ms - index as f64 * cycle;
-        if index != self.disk_index || self.total_bytes != sizes[index] {
+        if index != self.disk_index {
             self.disk_index = index;
             self.start_disk(sizes[index]);
         }
